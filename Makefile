@@ -1,0 +1,47 @@
+# pyroopt: two commands for a new user, `make install` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.pyroopt-installed
+SOURCES := pyroopt tests tutorials benchmarks
+
+.PHONY: install test test-fast lint format bench demo tutorials clean
+
+install: $(STAMP)
+
+# Rebuilt only when the package metadata, the pins or the horovod build change,
+# so a second `make install` does nothing.
+$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch pyro-ppl
+	scripts/install_horovod.sh $(PY)
+	$(PIP) install --quiet -c constraints.txt -e '.[horovod,test,dev,tutorials]'
+	$(PY) -c "import pyroopt, horovod.torch; print('pyroopt', pyroopt.__version__, 'installed in $(VENV)')"
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy pyroopt
+
+format: install
+	$(VENV)/bin/ruff check --fix $(SOURCES)
+	$(VENV)/bin/ruff format $(SOURCES)
+
+bench: install
+	$(PY) -m benchmarks.run
+
+demo: install
+	$(PY) tutorials/01_getting_started.py
+
+tutorials: install
+	for t in tutorials/[0-9]*.py; do $(PY) $$t || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

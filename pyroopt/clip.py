@@ -1,0 +1,107 @@
+r"""Gradient clipping over many parameters at once.
+
+Per parameter, as pyro.optim does it (norm first, then value):
+
+.. math::
+
+    g \leftarrow g \cdot \min\Bigl(1, \frac{c_\text{norm}}{\lVert g\rVert_2 + 10^{-6}}\Bigr),
+    \qquad g \leftarrow \operatorname{clamp}(g, -c_\text{value}, c_\text{value})
+
+and, new in pyroopt, across all parameters of a step with
+:math:`\lVert g\rVert_2` the norm of all their gradients together:
+
+.. math::
+
+    g_i \leftarrow g_i \cdot \min\Bigl(1, \frac{c_\text{global}}
+        {\sqrt{\sum_i \lVert g_i\rVert_2^2} + 10^{-6}}\Bigr)
+
+Parameters that share a clip setting are clipped with one ``torch._foreach_*`` call
+per setting, never one Python-level call per parameter.
+
+Example::
+
+    >>> import torch
+    >>> grads = [torch.tensor([3.0, 4.0]), torch.tensor([0.1])]
+    >>> norms = grad_norms(grads)
+    >>> clip_norms_(grads, norms, [1.0, 1.0])
+    >>> grads[0]
+    tensor([0.6000, 0.8000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Keys a per-parameter ``clip_args`` dict may hold.
+PER_PARAM_KEYS = frozenset({"clip_norm", "clip_value"})
+#: Keys only a ``clip_args`` dict (not a callable's result) may hold.
+GLOBAL_KEYS = frozenset({"clip_global_norm"})
+
+_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+
+
+def validate_clip_args(clip_args: Any, *, allow_global: bool, where: str) -> dict[str, float]:
+    """Check one ``clip_args`` dict; return it with ``None`` entries dropped."""
+    if not isinstance(clip_args, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(clip_args).__name__}: {clip_args!r}")
+    allowed = PER_PARAM_KEYS | GLOBAL_KEYS if allow_global else PER_PARAM_KEYS
+    unknown = sorted(set(clip_args) - allowed)
+    if unknown:
+        extra = "" if allow_global else " (clip_global_norm is only accepted in a clip_args dict)"
+        raise ValueError(
+            f"{where} has unknown keys {unknown}; allowed keys are {sorted(allowed)}{extra}"
+        )
+    clean: dict[str, float] = {}
+    for key, value in clip_args.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where}[{key!r}] must be a number, got {value!r}")
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{where}[{key!r}] must be a finite number >= 0, got {value!r}")
+        clean[key] = float(value)
+    return clean
+
+
+def grad_norms(grads: Sequence[Tensor]) -> list[Tensor]:
+    """The L2 norm of each gradient, in one vectorized call."""
+    return list(torch._foreach_norm(list(grads), 2))
+
+
+def clip_norms_(grads: Sequence[Tensor], norms: Sequence[Tensor], max_norms: Sequence[float]) -> None:
+    """Scale each gradient to norm at most its ``max_norms`` entry, in place."""
+    if not grads:
+        return
+    with torch.no_grad():
+        limits = torch.tensor(max_norms, dtype=norms[0].dtype, device=norms[0].device)
+        scale = (limits / (torch.stack(list(norms)) + _EPS)).clamp_(max=1.0)
+        torch._foreach_mul_(list(grads), list(scale.unbind(0)))
+
+
+def clip_values_(grads: Sequence[Tensor], max_values: Sequence[float]) -> None:
+    """Clamp each gradient elementwise to ``[-v, v]`` with its ``max_values`` entry ``v``."""
+    by_value: dict[float, list[Tensor]] = {}
+    for g, v in zip(grads, max_values, strict=True):
+        by_value.setdefault(v, []).append(g)
+    with torch.no_grad():
+        for v, group in by_value.items():
+            torch._foreach_clamp_min_(group, -v)
+            torch._foreach_clamp_max_(group, v)
+
+
+def clip_global_norm_(grads: Sequence[Tensor], max_norm: float) -> Tensor:
+    """Scale all gradients together to a joint L2 norm of at most ``max_norm``.
+
+    Returns the joint norm before clipping.
+    """
+    if not grads:
+        return torch.tensor(0.0)
+    with torch.no_grad():
+        total = torch.linalg.vector_norm(torch.stack(grad_norms(grads)), 2)
+        scale = (max_norm / (total + _EPS)).clamp(max=1.0)
+        torch._foreach_mul_(list(grads), scale)
+    return total

@@ -1,0 +1,428 @@
+"""Buckets: parameters that share an algorithm, its hyperparameters, device and dtype.
+
+A bucket steps all of its parameters in one pass while each parameter keeps its own
+step count and state, and it speaks pyro.optim's per-parameter state format::
+
+    {"state": {0: {"step": ..., "exp_avg": ..., ...}},  # empty before the first step
+     "param_groups": [{"lr": ..., ..., "params": [0]}]}
+
+Three kinds, fastest first (:func:`make_bucket` picks):
+
+- :class:`RuleBucket` runs an update rule pyroopt owns (:mod:`pyroopt.kernels`) on one
+  flat buffer per state over the whole bucket. Gradients are gathered with one
+  ``_foreach_copy_`` and the update is scattered back with one ``_foreach_add_``.
+- :class:`TorchBucket` holds one torch optimizer over all the bucket's parameters,
+  with ``fused=True`` where torch supports it, else ``foreach=True``.
+- :class:`PerParamBucket` holds one optimizer per parameter, exactly as pyro.optim
+  does; it serves constructors pyroopt knows nothing about.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _get_scalar_dtype
+
+from pyroopt.kernels import IMPLEMENTATION_ARGS, RULES, UpdateRule
+from pyroopt.kernels._coef import per_param
+
+Group = dict[str, Any]
+ParamState = dict[str, Any]
+
+
+def freeze(value: Any) -> Hashable:
+    """A hashable stand-in for a hyperparameter value, equal for equal values."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, Tensor):
+        return ("tensor", id(value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
+
+
+def hyperparameters(optimizer: Optimizer, index: int = 0) -> Group:
+    """The hyperparameters of one param group, without its parameters."""
+    return {k: v for k, v in optimizer.param_groups[index].items() if k not in ("params",)}
+
+
+def one_param_state(state: ParamState, group: Group) -> dict[str, Any]:
+    """pyro.optim's per-parameter state dict: a one-parameter torch optimizer's."""
+    return {
+        "state": {0: state} if state else {},
+        "param_groups": [{**group, "params": [0]}],
+    }
+
+
+def _snapshot(state: Mapping[str, Any]) -> ParamState:
+    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+class Bucket(ABC):
+    """Parameters stepped together; the state API speaks per parameter."""
+
+    def __init__(self, constructor: Callable[..., Optimizer], group: Group) -> None:
+        self.constructor = constructor
+        #: hyperparameters as the user asked for them (what the state format records)
+        self.group = group
+        self.params: list[Tensor] = []
+        self.index: dict[Tensor, int] = {}
+
+    def add(self, param: Tensor) -> None:
+        self.index[param] = len(self.params)
+        self.params.append(param)
+
+    def remove(self, param: Tensor) -> None:
+        self.params.pop(self.index.pop(param))
+        self.index = {p: i for i, p in enumerate(self.params)}
+
+    def order(self, params: list[Tensor]) -> list[Tensor]:
+        """``params`` (all members) in bucket order, so results never depend on set order."""
+        if len(params) == len(self.params):
+            return self.params
+        return sorted(params, key=self.index.__getitem__)
+
+    @abstractmethod
+    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+        """Step ``params`` (members of this bucket, in bucket order) that have a gradient."""
+
+    @abstractmethod
+    def state_dict(self, param: Tensor) -> dict[str, Any]:
+        """A snapshot of ``param``'s state in pyro.optim's per-parameter format."""
+
+    @abstractmethod
+    def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
+        """Set ``param``'s state from pyro.optim's per-parameter format."""
+
+    def lr(self, param: Tensor) -> float:
+        return float(self.group["lr"])
+
+
+class RuleBucket(Bucket):
+    """A pyroopt update rule over flat buffers that cover every parameter of the bucket."""
+
+    def __init__(self, constructor: Callable[..., Optimizer], group: Group, rule: UpdateRule):
+        super().__init__(constructor, group)
+        self.rule = rule
+        self.keys = rule.state_keys(group)
+        self.steps: list[int] = []
+        # Per-parameter state kept beside the flat buffers until the next layout.
+        self._loose: dict[Tensor, dict[str, Tensor]] = {}
+        self._layout_params: list[Tensor] = []
+        self._flat: dict[str, Tensor] = {}
+        self._views: dict[str, list[Tensor]] = {}
+
+    # -- layout -----------------------------------------------------------------
+    def add(self, param: Tensor) -> None:
+        super().add(param)
+        self.steps.append(0)
+        self._loose[param] = {k: torch.zeros_like(param) for k in self.keys}
+
+    def remove(self, param: Tensor) -> None:
+        self._ensure_layout()
+        i = self.index[param]
+        self.steps.pop(i)
+        super().remove(param)
+        self._loose = {p: self._state_views(p) for p in self.params}
+        self._layout_params = []
+
+    def _state_views(self, param: Tensor) -> dict[str, Tensor]:
+        loose = self._loose.get(param)
+        if loose is not None:
+            return loose
+        i = self.index[param]
+        return {k: self._views[k][i] for k in self.keys}
+
+    def _ensure_layout(self) -> None:
+        """(Re)build the flat buffers after parameters joined or left."""
+        if self._layout_params is self.params and not self._loose:
+            return
+        first = self.params[0]
+        self.sizes = torch.tensor([p.numel() for p in self.params], device=first.device)
+        self.numel = int(sum(p.numel() for p in self.params))
+        shapes = [p.shape for p in self.params]
+
+        def flat_with_views() -> tuple[Tensor, list[Tensor]]:
+            flat = torch.zeros(self.numel, dtype=first.dtype, device=first.device)
+            chunks = flat.split([p.numel() for p in self.params])
+            return flat, [c.view(s) for c, s in zip(chunks, shapes, strict=True)]
+
+        old = {p: self._state_views(p) for p in self.params}
+        for k in self.keys:
+            self._flat[k], self._views[k] = flat_with_views()
+            torch._foreach_copy_(self._views[k], [old[p][k] for p in self.params])
+        self._grad, self._grad_views = flat_with_views()
+        self._work, self._work_views = flat_with_views()
+        self._loose = {}
+        self._layout_params = self.params
+
+    # -- stepping ---------------------------------------------------------------
+    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise TypeError(
+                f"{self.constructor.__name__}.step() takes no arguments in pyroopt's fused "
+                f"engine; got args={args!r} kwargs={kwargs!r}"
+            )
+        live = [p for p in params if p.grad is not None]
+        if not live:
+            return
+        grads = [p.grad for p in live]
+        for p, g in zip(live, grads, strict=True):
+            if g.is_sparse:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"{self.constructor.__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(p.shape)}); use pyroopt.SparseAdam"
+                )
+        self._ensure_layout()
+        with torch.no_grad():
+            if len(live) == len(self.params):
+                self._step_flat(grads)  # type: ignore[arg-type]
+            else:
+                self._step_list(live, grads)  # type: ignore[arg-type]
+
+    def _step_flat(self, grads: list[Tensor]) -> None:
+        self.steps = [t + 1 for t in self.steps]
+        torch._foreach_copy_(self._grad_views, grads)
+        reads = self.rule.reads_params(self.group)
+        if reads:
+            torch._foreach_copy_(self._work_views, self.params)
+        else:
+            self._work.zero_()
+        state = {k: [self._flat[k]] for k in self.keys}
+        sizes, numel, like = self.sizes, self.numel, self._work
+
+        def coef(values: Any) -> Any:
+            return per_param(values, sizes, numel, like)
+
+        self.rule.update([self._work], [self._grad], state, self.steps, self.group, coef)
+        if reads:
+            torch._foreach_copy_(self.params, self._work_views)
+        else:
+            torch._foreach_add_(self.params, self._work_views)
+
+    def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
+        rows = [self.index[p] for p in live]
+        for i in rows:
+            self.steps[i] += 1
+        steps = [self.steps[i] for i in rows]
+        state = {k: [self._views[k][i] for i in rows] for k in self.keys}
+        like = live[0]
+
+        def coef(values: Any) -> Any:
+            return per_param(values, None, 0, like)
+
+        self.rule.update(live, grads, state, steps, self.group, coef)
+
+    # -- state ------------------------------------------------------------------
+    def state_dict(self, param: Tensor) -> dict[str, Any]:
+        step = self.steps[self.index[param]]
+        state: ParamState = {}
+        if step > 0:
+            if self.rule.saves_step:
+                state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+            state.update(_snapshot(self._state_views(param)))
+        return one_param_state(state, self.group)
+
+    def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
+        saved = state_dict["state"].get(0, {})
+        i = self.index[param]
+        if not saved:
+            self.steps[i] = 0
+            return
+        missing = [k for k in self.keys if k not in saved]
+        if missing:
+            raise ValueError(
+                f"optimizer state for a parameter of shape {tuple(param.shape)} lacks "
+                f"{missing}; it holds {sorted(saved)}"
+            )
+        if self.rule.saves_step:
+            step = int(float(saved["step"]))
+        else:
+            step = 1
+        views = self._state_views(param)
+        with torch.no_grad():
+            for k in self.keys:
+                views[k].copy_(saved[k])
+        self.steps[i] = step
+
+
+class TorchBucket(Bucket):
+    """One torch optimizer over the whole bucket, run fused or foreach."""
+
+    def __init__(
+        self, constructor: Callable[..., Optimizer], group: Group, implementation: Group
+    ):
+        super().__init__(constructor, group)
+        self.implementation = implementation
+        self.optimizer: Optimizer | None = None
+
+    def _run_args(self) -> Group:
+        return {**self.group, **self.implementation}
+
+    def add(self, param: Tensor) -> None:
+        super().add(param)
+        if self.optimizer is None:
+            self.optimizer = self.constructor([param], **self._run_args())
+            self.optimizer.param_groups[0]["params"] = self.params
+        # The optimizer's group holds this very list, so it has seen the append.
+
+    def remove(self, param: Tensor) -> None:
+        assert self.optimizer is not None
+        self.optimizer.state.pop(param, None)
+        super().remove(param)
+        self.optimizer.param_groups[0]["params"] = self.params
+
+    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+        assert self.optimizer is not None
+        group = self.optimizer.param_groups[0]
+        group["params"] = params
+        try:
+            self.optimizer.step(*args, **kwargs)
+        finally:
+            group["params"] = self.params
+
+    def _public_group(self) -> Group:
+        assert self.optimizer is not None
+        live = hyperparameters(self.optimizer)
+        live.update({k: self.group[k] for k in self.implementation})
+        return live
+
+    def state_dict(self, param: Tensor) -> dict[str, Any]:
+        assert self.optimizer is not None
+        return one_param_state(_snapshot(self.optimizer.state.get(param, {})), self._public_group())
+
+    def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
+        assert self.optimizer is not None
+        # A one-parameter optimizer of the same kind applies torch's own casting rules.
+        scratch = self.constructor([param], **self._run_args())
+        scratch.load_state_dict(_with_group(state_dict, self._run_args()))
+        self.optimizer.state[param] = scratch.state[param]
+
+    def lr(self, param: Tensor) -> float:
+        assert self.optimizer is not None
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+class PerParamBucket(Bucket):
+    """One optimizer per parameter, as pyro.optim builds them, for unknown constructors."""
+
+    def __init__(self, constructor: Callable[..., Optimizer], group: Group):
+        super().__init__(constructor, group)
+        self.optimizers: dict[Tensor, Optimizer] = {}
+
+    def add(self, param: Tensor) -> None:
+        super().add(param)
+        self.optimizers[param] = self.constructor([param], **self.group)
+
+    def remove(self, param: Tensor) -> None:
+        super().remove(param)
+        del self.optimizers[param]
+
+    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+        for p in params:
+            self.optimizers[p].step(*args, **kwargs)
+
+    def state_dict(self, param: Tensor) -> dict[str, Any]:
+        optimizer = self.optimizers[param]
+        state = optimizer.state_dict()
+        return one_param_state(_snapshot(state["state"].get(0, {})), hyperparameters(optimizer))
+
+    def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
+        self.optimizers[param].load_state_dict(dict(state_dict))
+
+    def lr(self, param: Tensor) -> float:
+        return float(self.optimizers[param].param_groups[0]["lr"])
+
+
+def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:
+    """``state_dict`` with its one param group's hyperparameters replaced by ``group``."""
+    return {
+        "state": state_dict["state"],
+        "param_groups": [{**group, "params": [0]}],
+    }
+
+
+# -- choosing a bucket ------------------------------------------------------------------
+
+
+def _accepts(constructor: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(constructor).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def is_torch_builtin(constructor: Any) -> bool:
+    """A torch optimizer class whose hyperparameters never change inside ``step``."""
+    return (
+        isinstance(constructor, type)
+        and issubclass(constructor, Optimizer)
+        and constructor.__module__.startswith("torch.optim")
+        and constructor is not torch.optim.LBFGS
+    )
+
+
+def fastest_torch_implementation(
+    constructor: Callable[..., Optimizer], group: Group, param: Tensor
+) -> Group:
+    """``fused=True`` where torch supports it for ``param``, else ``foreach=True``.
+
+    A choice the user made (``foreach``/``fused`` not None) is kept as it is.
+    """
+    if any(group.get(k) is not None for k in ("foreach", "fused")):
+        return {}
+    if group.get("differentiable"):
+        return {}
+    fused_devices = torch.optim.optimizer._get_fused_kernels_supported_devices()
+    if (
+        _accepts(constructor, "fused")
+        and param.device.type in fused_devices
+        and param.is_floating_point()
+        and not group.get("capturable")
+    ):
+        return {"fused": True}
+    if _accepts(constructor, "foreach"):
+        return {"foreach": True}
+    return {}
+
+
+def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tensor) -> Bucket:
+    """The fastest bucket that computes what ``constructor(**group)`` computes."""
+    rule = RULES.get(constructor) if isinstance(constructor, type) else None
+    user_chose = group.get("foreach") is not None or group.get("fused") is not None
+    if rule is not None and not user_chose and rule.supports(group) and param.is_floating_point():
+        return RuleBucket(constructor, group, rule)
+    if is_torch_builtin(constructor):
+        return TorchBucket(constructor, group, fastest_torch_implementation(constructor, group, param))
+    return PerParamBucket(constructor, group)
+
+
+def full_group(constructor: Callable[..., Optimizer], args: Mapping[str, Any], param: Tensor) -> Group:
+    """Every hyperparameter ``constructor`` would hold for ``args`` (defaults filled in)."""
+    return hyperparameters(constructor([param], **args))
+
+
+def bucket_key(constructor: Any, group: Group, param: Tensor) -> Hashable:
+    return (constructor, freeze(group), param.device, param.dtype)
+
+
+__all__ = [
+    "IMPLEMENTATION_ARGS",
+    "Bucket",
+    "PerParamBucket",
+    "RuleBucket",
+    "TorchBucket",
+    "bucket_key",
+    "full_group",
+    "make_bucket",
+]

@@ -1,0 +1,172 @@
+"""One factory per torch optimizer: ``pyroopt.Adam({"lr": 0.01})`` and so on.
+
+Each returns a :class:`~pyroopt.optim.PyroOptim` around the torch class of the same
+name, taking ``(optim_args, clip_args=None)`` exactly like pyro.optim's factories.
+``torch.optim.LBFGS`` has none: it needs a closure that re-evaluates the loss, which
+SVI's step does not provide (as in pyro.optim).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyroopt.optim import ArgsSpec, PyroOptim
+
+
+def _torch_optimizer(name: str) -> type[torch.optim.Optimizer]:
+    cls = getattr(torch.optim, name, None)
+    if cls is None:
+        raise NotImplementedError(
+            f"torch {torch.__version__} has no torch.optim.{name}; upgrade torch to use it"
+        )
+    return cls  # type: ignore[no-any-return]
+
+
+def Adadelta(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adadelta (Zeiler, 2012): :class:`torch.optim.Adadelta` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Adadelta({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Adadelta"), optim_args, clip_args)
+
+
+def Adafactor(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adafactor (Shazeer & Stern, 2018): :class:`torch.optim.Adafactor` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Adafactor({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Adafactor"), optim_args, clip_args)
+
+
+def Adagrad(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adagrad (Duchi et al., 2011): :class:`torch.optim.Adagrad` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Adagrad({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Adagrad"), optim_args, clip_args)
+
+
+def Adam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adam (Kingma & Ba, 2015): :class:`torch.optim.Adam` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Adam({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Adam"), optim_args, clip_args)
+
+
+def AdamW(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """AdamW, Adam with decoupled weight decay (Loshchilov & Hutter, 2019): :class:`torch.optim.AdamW` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.AdamW({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("AdamW"), optim_args, clip_args)
+
+
+def Adamax(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adamax, Adam under the infinity norm (Kingma & Ba, 2015): :class:`torch.optim.Adamax` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Adamax({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Adamax"), optim_args, clip_args)
+
+
+def ASGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Averaged stochastic gradient descent (Polyak & Juditsky, 1992): :class:`torch.optim.ASGD` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.ASGD({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("ASGD"), optim_args, clip_args)
+
+
+def Muon(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Muon, momentum orthogonalized by Newton-Schulz (2-D parameters only): :class:`torch.optim.Muon` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Muon({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Muon"), optim_args, clip_args)
+
+
+def NAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """NAdam, Adam with Nesterov momentum (Dozat, 2016): :class:`torch.optim.NAdam` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.NAdam({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("NAdam"), optim_args, clip_args)
+
+
+def RAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """RAdam, rectified Adam (Liu et al., 2020): :class:`torch.optim.RAdam` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.RAdam({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("RAdam"), optim_args, clip_args)
+
+
+def RMSprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """RMSprop (Hinton, 2012): :class:`torch.optim.RMSprop` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.RMSprop({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("RMSprop"), optim_args, clip_args)
+
+
+def Rprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993): :class:`torch.optim.Rprop` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.Rprop({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("Rprop"), optim_args, clip_args)
+
+
+def SGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Stochastic gradient descent with optional momentum: :class:`torch.optim.SGD` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.SGD({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("SGD"), optim_args, clip_args)
+
+
+def SparseAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``): :class:`torch.optim.SparseAdam` for every parameter.
+
+    Example: ``svi = SVI(model, guide, pyroopt.SparseAdam({"lr": 0.01}), Trace_ELBO())``
+    """
+    return PyroOptim(_torch_optimizer("SparseAdam"), optim_args, clip_args)
+
+
+
+# Pyro's own optimizers. Until pyroopt's kernels for them land, their pyro-ppl classes
+# run with one optimizer per parameter, exactly as in pyro.optim.
+
+
+def ClippedAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Pyro's :class:`~pyro.optim.clipped_adam.ClippedAdam` for every parameter.
+
+    Example: ``pyroopt.ClippedAdam({"lr": 0.01, "clip_norm": 10.0, "lrd": 0.999})``
+    """
+    from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
+
+    return PyroOptim(PyroClippedAdam, optim_args, clip_args)
+
+
+def AdagradRMSProp(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Pyro's :class:`~pyro.optim.adagrad_rmsprop.AdagradRMSProp` for every parameter.
+
+    Example: ``pyroopt.AdagradRMSProp({"eta": 1.0, "t": 0.1})``
+    """
+    from pyro.optim.adagrad_rmsprop import AdagradRMSProp as PyroAdagradRMSProp
+
+    return PyroOptim(PyroAdagradRMSProp, optim_args, clip_args)
+
+
+def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+    """Pyro's :class:`~pyro.optim.dct_adam.DCTAdam` for every parameter.
+
+    Example: ``pyroopt.DCTAdam({"lr": 0.01})``
+    """
+    from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
+
+    return PyroOptim(PyroDCTAdam, optim_args, clip_args)
+
+
+__all__ = ["AdagradRMSProp", "ClippedAdam", "DCTAdam", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"]

@@ -1,0 +1,92 @@
+r"""Adam and AdamW (Kingma & Ba, 2015; Loshchilov & Hutter, 2019), as torch computes them.
+
+For each parameter :math:`\theta` with gradient :math:`g` at its own step :math:`t`:
+
+.. math::
+
+    m &\leftarrow \beta_1 m + (1-\beta_1) g, \qquad
+    v \leftarrow \beta_2 v + (1-\beta_2) g^2, \qquad
+    \hat v = \max(\hat v, v) \text{ (amsgrad)} \\
+    \theta &\leftarrow \theta - \frac{\mathrm{lr}}{1-\beta_1^t}\,
+        \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+Weight decay adds :math:`\lambda\theta` to :math:`g` (Adam) or multiplies
+:math:`\theta` by :math:`1-\mathrm{lr}\,\lambda` first (AdamW, or Adam with
+``decoupled_weight_decay=True``). ``maximize`` negates :math:`g`.
+
+Example::
+
+    >>> import torch
+    >>> from pyroopt.kernels.adam import ADAM
+    >>> group = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+    ...              amsgrad=False, maximize=False)
+    >>> p, g = [torch.zeros(3)], [torch.ones(3)]
+    >>> state = {k: [torch.zeros(3)] for k in ADAM.state_keys(group)}
+    >>> ADAM.update(p, g, state, [1], group, lambda v: float(v[0]))
+    >>> p[0]
+    tensor([-0.0010, -0.0010, -0.0010])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels.base import CoefFn, UpdateRule
+
+
+class AdamRule(UpdateRule):
+    torch_class = torch.optim.Adam
+
+    def __init__(self, decoupled: bool = False) -> None:
+        self.decoupled = decoupled
+        if decoupled:
+            self.torch_class = torch.optim.AdamW
+
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        keys = ("exp_avg", "exp_avg_sq")
+        return (*keys, "max_exp_avg_sq") if group["amsgrad"] else keys
+
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        return group["weight_decay"] != 0
+
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: Mapping[str, list[Tensor]],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if weight_decay != 0:
+            if self.decoupled or group.get("decoupled_weight_decay", False):
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        if group["amsgrad"]:
+            torch._foreach_maximum_(state["max_exp_avg_sq"], exp_avg_sqs)
+            exp_avg_sqs = state["max_exp_avg_sq"]
+        neg_step_size = coef([-lr / (1 - beta1**t) for t in steps])
+        bias_correction2_sqrt = coef([math.sqrt(1 - beta2**t) for t in steps])
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, bias_correction2_sqrt)  # type: ignore[arg-type]
+        torch._foreach_add_(denom, eps)
+        addcdiv_(params, exp_avgs, denom, neg_step_size)
+
+
+ADAM = AdamRule()
+ADAMW = AdamRule(decoupled=True)

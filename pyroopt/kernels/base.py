@@ -1,0 +1,71 @@
+"""The interface between the engine and an update rule that pyroopt owns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from pyroopt.kernels._coef import Coef
+
+#: Arguments that choose how torch runs an algorithm, not what it computes.
+IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
+
+#: Turns one value per parameter into a coefficient for the tensors being updated.
+CoefFn = Callable[[Sequence[float]], Coef]
+
+
+class UpdateRule(ABC):
+    """An optimization algorithm as a functional update over many tensors at once.
+
+    The engine keeps, for every parameter of a bucket, the state tensors named by
+    :meth:`state_keys` (zero-initialised, in the parameter's shape) and a step count.
+    :meth:`update` receives lists of tensors: either one entry per parameter or a single
+    flat buffer covering all of them. ``steps`` are the step counts *after* this step
+    (1 on a parameter's first step) and ``coef`` turns per-parameter values into a
+    coefficient of the right form (see :mod:`pyroopt.kernels._coef`).
+
+    ``torch_class`` is the torch optimizer whose hyperparameters, numerics and state
+    format the rule follows, so that state dicts interoperate with it.
+    """
+
+    torch_class: type[Optimizer]
+    #: whether torch keeps a ``"step"`` entry in this optimizer's per-parameter state
+    saves_step: bool = True
+
+    def supports(self, group: Mapping[str, Any]) -> bool:
+        """Whether the rule computes exactly what ``torch_class`` would for ``group``."""
+        return (
+            not group.get("foreach")
+            and not group.get("fused")
+            and not group.get("capturable")
+            and not group.get("differentiable")
+            and not any(isinstance(v, Tensor) for v in group.values())
+        )
+
+    @abstractmethod
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        """Names of the per-parameter state tensors, in torch's key names."""
+
+    @abstractmethod
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        """Whether the update depends on the parameter values (e.g. weight decay)."""
+
+    @abstractmethod
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: Mapping[str, list[Tensor]],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        """Update ``params`` and ``state`` in place. ``grads`` may be modified."""
+
+    def state_present(self, key: str, step: int, group: Mapping[str, Any]) -> bool:
+        """Whether torch would hold ``key`` for a parameter after ``step`` steps."""
+        return step > 0

@@ -1,0 +1,70 @@
+r"""RMSprop (Hinton, 2012; centered form from Graves, 2013), as torch computes it.
+
+.. math::
+
+    g &\leftarrow \pm g + \lambda\theta, \qquad
+    v \leftarrow \alpha v + (1-\alpha) g^2, \qquad
+    \bar g \leftarrow \alpha \bar g + (1-\alpha) g \text{ (centered)} \\
+    d &= \sqrt{v - \bar g^2 \text{ (centered) }} + \epsilon, \qquad
+    b \leftarrow \mu b + g / d, \qquad
+    \theta \leftarrow \theta - \mathrm{lr}\, b \quad (\text{or } \theta - \mathrm{lr}\,g/d
+    \text{ without momentum})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.kernels.base import CoefFn, UpdateRule
+
+
+class RMSpropRule(UpdateRule):
+    torch_class = torch.optim.RMSprop
+
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        keys: tuple[str, ...] = ("square_avg",)
+        if group["momentum"] > 0:
+            keys += ("momentum_buffer",)
+        if group["centered"]:
+            keys += ("grad_avg",)
+        return keys
+
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        return group["weight_decay"] != 0
+
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: Mapping[str, list[Tensor]],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if group["weight_decay"] != 0:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        square_avgs = state["square_avg"]
+        torch._foreach_mul_(square_avgs, alpha)
+        torch._foreach_addcmul_(square_avgs, grads, grads, 1 - alpha)
+        if group["centered"]:
+            grad_avgs = state["grad_avg"]
+            torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+            avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, -1)
+            torch._foreach_sqrt_(avg)
+        else:
+            avg = torch._foreach_sqrt(square_avgs)
+        torch._foreach_add_(avg, eps)
+        if group["momentum"] > 0:
+            bufs = state["momentum_buffer"]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_addcdiv_(bufs, grads, avg)
+            torch._foreach_add_(params, bufs, alpha=-lr)
+        else:
+            torch._foreach_addcdiv_(params, grads, avg, -lr)

@@ -1,0 +1,63 @@
+r"""Stochastic gradient descent with momentum, as torch computes it.
+
+.. math::
+
+    g &\leftarrow \pm g + \lambda\theta, \qquad
+    b \leftarrow \begin{cases} g & \text{first step} \\
+        \mu b + (1-\tau) g & \text{after} \end{cases} \\
+    \theta &\leftarrow \theta - \mathrm{lr}\,(g + \mu b \text{ if nesterov else } b)
+
+with momentum :math:`\mu`, dampening :math:`\tau` and weight decay :math:`\lambda`;
+without momentum the step is :math:`\theta \leftarrow \theta - \mathrm{lr}\,g`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.kernels.base import CoefFn, UpdateRule
+
+
+class SGDRule(UpdateRule):
+    torch_class = torch.optim.SGD
+    saves_step = False
+
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        return group["weight_decay"] != 0
+
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: Mapping[str, list[Tensor]],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        if momentum != 0:
+            bufs = state["momentum_buffer"]
+            # A parameter's first step sets its buffer to the gradient (torch clones it).
+            keep = coef([momentum if t > 1 else 0.0 for t in steps])
+            take = coef([1 - group["dampening"] if t > 1 else 1.0 for t in steps])
+            torch._foreach_mul_(bufs, keep)  # type: ignore[arg-type]
+            if isinstance(take, float):
+                torch._foreach_add_(bufs, grads, alpha=take)
+            else:
+                torch._foreach_add_(bufs, torch._foreach_mul(grads, take))  # type: ignore[arg-type]
+            if group["nesterov"]:
+                grads = torch._foreach_add(grads, bufs, alpha=momentum)
+            else:
+                grads = bufs
+        torch._foreach_add_(params, grads, alpha=-lr)

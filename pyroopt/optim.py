@@ -1,0 +1,434 @@
+"""PyroOptim: pyro.optim's optimizer wrapper, with every parameter stepped together."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.params.param_store import (
+    module_from_param_with_module_name,
+    normalize_param_name,
+    user_param_name,
+)
+from torch import Tensor
+
+from pyroopt import checkpoint
+from pyroopt.clip import (
+    clip_global_norm_,
+    clip_norms_,
+    clip_values_,
+    grad_norms,
+    validate_clip_args,
+)
+from pyroopt.engine import Bucket, bucket_key, full_group, make_bucket
+
+ArgsSpec = dict[str, Any] | Callable[..., dict[str, Any]]
+
+
+def is_scheduler(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a learning-rate scheduler (it wraps an ``.optimizer``).
+
+    Duck-typed like pyro.optim's, since torch has no public base for all schedulers.
+    """
+    return hasattr(optimizer, "optimizer")
+
+
+def _arity(fn: Callable[..., Any], what: str) -> int:
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cannot inspect the signature of {what} {fn!r}") from e
+    if n not in (1, 2):
+        raise TypeError(
+            f"{what} must take one argument (the parameter name, e.g. 'loc.weight') or two "
+            f"(module_name, param_name); {fn!r} takes {n}"
+        )
+    return n
+
+
+class _Slot:
+    """What the optimizer knows of one parameter."""
+
+    __slots__ = ("bucket", "clip", "name")
+
+    def __init__(self, name: str | None, bucket: Bucket, clip: dict[str, float]) -> None:
+        self.name = name
+        self.bucket = bucket
+        self.clip = clip
+
+
+class PyroOptim(pyro.optim.PyroOptim):
+    """A drop-in :class:`pyro.optim.PyroOptim` that steps all parameters together.
+
+    Parameters are discovered lazily from the ``params`` passed to each call, exactly
+    as in pyro.optim; each gets the hyperparameters ``optim_args`` gives it, and those
+    that share constructor, hyperparameters, device and dtype form one bucket stepped
+    in a single pass (see :mod:`pyroopt.engine`). Each parameter keeps its own step
+    count and state, so the numbers are pyro.optim's.
+
+    :param optim_constructor: a :class:`torch.optim.Optimizer` class (or any callable
+        ``(params, **args) -> Optimizer``).
+    :param optim_args: a dict of hyperparameters, or a callable returning one per
+        parameter. A one-argument callable receives the parameter's name normalized as
+        in ``nn.Module.named_parameters()`` (``"loc.weight"``); a two-argument callable
+        receives ``(module_name, param_name)`` (deprecated, warns).
+    :param clip_args: ``clip_norm`` and/or ``clip_value`` for each parameter's own
+        gradient (norm first, then value), as a dict or a callable like ``optim_args``;
+        a dict may also hold ``clip_global_norm``, the bound on the joint norm of all
+        gradients of a step, applied after the per-parameter clipping.
+    :param track_grad_norms: record each gradient's norm (before clipping) on every
+        step for :meth:`grad_norms`; always on when clipping by norm.
+
+    Example::
+
+        >>> import pyro, torch, pyroopt
+        >>> x = pyro.param("x", torch.ones(3))
+        >>> optim = pyroopt.PyroOptim(torch.optim.Adam, {"lr": 0.1})
+        >>> x.unconstrained().grad = torch.ones(3)
+        >>> optim([x.unconstrained()])
+        >>> pyro.param("x")
+        tensor([0.9000, 0.9000, 0.9000], requires_grad=True)
+    """
+
+    def __init__(
+        self,
+        optim_constructor: Callable[..., torch.optim.Optimizer],
+        optim_args: ArgsSpec,
+        clip_args: ArgsSpec | None = None,
+        *,
+        track_grad_norms: bool = False,
+    ) -> None:
+        # pyro.optim.PyroOptim.__init__ is deliberately not called: this class replaces
+        # all of its behaviour and only inherits so that SVI's isinstance check passes.
+        if not callable(optim_constructor):
+            raise TypeError(
+                f"optim_constructor must be a torch.optim.Optimizer class or a callable "
+                f"returning an optimizer, got {optim_constructor!r}"
+            )
+        if not (callable(optim_args) or isinstance(optim_args, dict)):
+            raise TypeError(
+                "optim_args must be a dict of hyperparameters or a callable returning one, "
+                f"got {type(optim_args).__name__}: {optim_args!r}"
+            )
+        if clip_args is None:
+            clip_args = {}
+        if not (callable(clip_args) or isinstance(clip_args, dict)):
+            raise TypeError(
+                "clip_args must be a dict or a callable returning one, "
+                f"got {type(clip_args).__name__}: {clip_args!r}"
+            )
+        self.pt_optim_constructor = optim_constructor
+        self.pt_optim_args = optim_args
+        self.pt_clip_args = clip_args
+        self._optim_arity = 0
+        if callable(optim_args):
+            self._optim_arity = self.pt_optim_args_argc = _arity(optim_args, "optim_args")
+            if self._optim_arity == 2:
+                warnings.warn(
+                    "a two-argument optim_args callable (module_name, param_name) is "
+                    "deprecated; take one argument, the normalized parameter name",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+        self._clip_arity = _arity(clip_args, "clip_args") if callable(clip_args) else 0
+        self._global_clip: float | None = None
+        if isinstance(clip_args, dict):
+            clean = validate_clip_args(clip_args, allow_global=True, where="clip_args")
+            self._global_clip = clean.pop("clip_global_norm", None)
+            self._dict_clip = clean
+        self.track_grad_norms = bool(track_grad_norms)
+
+        self._slots: dict[Tensor, _Slot] = {}
+        self._buckets: dict[Hashable, Bucket] = {}
+        self._state_waiting_to_be_consumed: dict[str, Any] = {}
+        self._last_norms: dict[Tensor, Tensor] = {}
+        self._last_global_norm: Tensor | None = None
+
+    # -- stepping ---------------------------------------------------------------------
+    def __call__(self, params: Iterable[Tensor], *args: Any, **kwargs: Any) -> None:
+        """Step every parameter in ``params`` that has a gradient.
+
+        Parameters seen for the first time get their optimizer state now (and any state
+        waiting for their name from :meth:`set_state` / :meth:`load`). Extra arguments
+        go to the underlying optimizer's ``step``.
+        """
+        params = self._checked_params(params)
+        slots = self._slots
+        members: dict[Bucket, list[Tensor]] = {}
+        for p in params:
+            slot = slots.get(p)
+            if slot is None:
+                slot = self._discover(p)
+            bucket_params = members.get(slot.bucket)
+            if bucket_params is None:
+                members[slot.bucket] = [p]
+            else:
+                bucket_params.append(p)
+        self._clip(params)
+        for bucket in self._buckets.values():
+            stepped = members.get(bucket)
+            if stepped:
+                bucket.step(bucket.order(stepped), *args, **kwargs)
+
+    def _checked_params(self, params: Iterable[Tensor]) -> list[Tensor]:
+        if isinstance(params, Tensor) or not isinstance(params, Iterable):
+            raise TypeError(
+                f"params must be an iterable of tensors (e.g. a list or set), got "
+                f"{type(params).__name__}"
+            )
+        params = list(params)
+        for p in params:
+            if p not in self._slots:
+                self._check_new_param(p)
+        return params
+
+    @staticmethod
+    def _check_new_param(p: Any) -> None:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params must hold tensors, got {type(p).__name__}: {p!r}")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise TypeError(f"can only optimize floating point or complex tensors, got {p.dtype}")
+        if not p.is_leaf:
+            raise ValueError(
+                f"can only optimize leaf tensors; got a non-leaf tensor of shape "
+                f"{tuple(p.shape)} (use the unconstrained parameter, e.g. "
+                f"pyro.param(name).unconstrained())"
+            )
+
+    def _discover(self, p: Tensor) -> _Slot:
+        name = pyro.get_param_store().param_name(p)
+        waiting = self._state_waiting_to_be_consumed.get(name) if name is not None else None
+        bucket = self._place(p, name, waiting)
+        if waiting is not None:
+            del self._state_waiting_to_be_consumed[name]  # type: ignore[arg-type]
+        slot = self._slots[p] = _Slot(name, bucket, self._clip_args_for(p, name))
+        return slot
+
+    def _place(self, p: Tensor, name: str | None, state: Any) -> Bucket:
+        """Put ``p`` in the bucket its hyperparameters (or its saved state's) call for."""
+        group = full_group(self.pt_optim_constructor, self._optim_args_for(name), p)
+        if state is not None:
+            # Saved hyperparameters win, as in torch's load_state_dict (a scheduler or
+            # ClippedAdam's lrd may have moved lr); newer keys keep their defaults.
+            saved = state["param_groups"][0]
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        key = bucket_key(self.pt_optim_constructor, group, p)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = make_bucket(self.pt_optim_constructor, group, p)
+        bucket.add(p)
+        if state is not None:
+            try:
+                bucket.load_state_dict(p, state)
+            except Exception:
+                bucket.remove(p)
+                raise
+        self._buckets.setdefault(key, bucket)
+        return bucket
+
+    def _call_per_param(self, fn: Callable[..., Any], arity: int, name: str | None, what: str) -> Any:
+        if name is None:
+            raise ValueError(
+                f"callable {what} needs the parameter's name, but a tensor passed to the "
+                "optimizer is not in Pyro's param store"
+            )
+        if arity == 1:
+            result = fn(normalize_param_name(name))
+        else:
+            result = fn(module_from_param_with_module_name(name), user_param_name(name))
+        if not isinstance(result, dict):
+            raise TypeError(
+                f"{what} must return a dict for each parameter; for {name!r} it returned "
+                f"{type(result).__name__}: {result!r}"
+            )
+        return result
+
+    def _optim_args_for(self, name: str | None) -> dict[str, Any]:
+        if callable(self.pt_optim_args):
+            return self._call_per_param(self.pt_optim_args, self._optim_arity, name, "optim_args")
+        return self.pt_optim_args
+
+    def _clip_args_for(self, p: Tensor, name: str | None) -> dict[str, float]:
+        if not callable(self.pt_clip_args):
+            return self._dict_clip
+        result = self._call_per_param(self.pt_clip_args, self._clip_arity, name, "clip_args")
+        return validate_clip_args(result, allow_global=False, where=f"clip_args for {name!r}")
+
+    def _clip(self, params: list[Tensor]) -> None:
+        need_norms = self.track_grad_norms
+        norm_clip: list[tuple[Tensor, float]] = []
+        value_clip: list[tuple[Tensor, float]] = []
+        for p in params:
+            clip = self._slots[p].clip
+            if clip and p.grad is not None:
+                if "clip_norm" in clip:
+                    norm_clip.append((p, clip["clip_norm"]))
+                if "clip_value" in clip:
+                    value_clip.append((p, clip["clip_value"]))
+        if not (need_norms or norm_clip or value_clip or self._global_clip is not None):
+            return
+        with_grad = [p for p in params if p.grad is not None]
+        if need_norms or norm_clip:
+            norms = grad_norms([p.grad for p in with_grad])  # type: ignore[misc]
+            self._last_norms = dict(zip(with_grad, norms, strict=True))
+        if norm_clip:
+            clip_norms_(
+                [p.grad for p, _ in norm_clip],  # type: ignore[misc]
+                [self._last_norms[p] for p, _ in norm_clip],
+                [c for _, c in norm_clip],
+            )
+        if value_clip:
+            clip_values_([p.grad for p, _ in value_clip], [c for _, c in value_clip])  # type: ignore[misc]
+        if self._global_clip is not None:
+            self._last_global_norm = clip_global_norm_(
+                [p.grad for p in with_grad],  # type: ignore[misc]
+                self._global_clip,
+            )
+
+    # -- reading ----------------------------------------------------------------------
+    @property
+    def optim_objs(self) -> Mapping[Tensor, Any]:  # type: ignore[override]
+        """Maps each parameter seen so far to an optimizer-like view of its state."""
+        return _OptimObjs(self)
+
+    @optim_objs.setter
+    def optim_objs(self, value: Any) -> None:
+        raise AttributeError("optim_objs is read-only in pyroopt")
+
+    def learning_rates(self) -> dict[str, float]:
+        """The current learning rate of every parameter seen so far, by name."""
+        return {
+            slot.name: slot.bucket.lr(p) for p, slot in self._slots.items() if slot.name is not None
+        }
+
+    def grad_norms(self) -> dict[str, float]:
+        """Each parameter's gradient norm at the last step, before clipping, by name.
+
+        Recorded when ``track_grad_norms=True`` or when clipping by norm.
+        """
+        if not self._last_norms and not (self.track_grad_norms or self._uses_norm_clip()):
+            raise RuntimeError(
+                "gradient norms are recorded only with track_grad_norms=True or clip_norm"
+            )
+        return {
+            self._slots[p].name: float(n)  # type: ignore[misc]
+            for p, n in self._last_norms.items()
+            if self._slots[p].name is not None
+        }
+
+    def global_grad_norm(self) -> float | None:
+        """The joint gradient norm of the last step before ``clip_global_norm``, if used."""
+        return None if self._last_global_norm is None else float(self._last_global_norm)
+
+    def _uses_norm_clip(self) -> bool:
+        return any("clip_norm" in s.clip for s in self._slots.values())
+
+    # -- state ------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """``{param_name: per-parameter optimizer state dict}``, as pyro.optim gives it.
+
+        Unlike pyro.optim, the values are snapshots (later steps do not change them),
+        and state loaded for parameters not seen yet is included, so saving right
+        after loading loses nothing.
+        """
+        state: dict[str, Any] = dict(self._state_waiting_to_be_consumed)
+        for p, slot in self._slots.items():
+            if slot.name is not None:
+                state[slot.name] = slot.bucket.state_dict(p)
+        return state
+
+    def set_state(self, state_dict: Mapping[str, Any]) -> None:
+        """Set state from :meth:`get_state` (or pyro.optim's ``get_state``).
+
+        State for a parameter already seen is applied now; the rest waits until its
+        parameter first appears.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a dict of {{param_name: state}}, got {type(state_dict).__name__}"
+            )
+        for name, state in state_dict.items():
+            checkpoint.check_param_state(name, state)
+        by_name = {slot.name: p for p, slot in self._slots.items() if slot.name is not None}
+        for name, state in state_dict.items():
+            p = by_name.get(name)
+            if p is None:
+                self._state_waiting_to_be_consumed[name] = state
+                continue
+            old = self._slots[p].bucket
+            snapshot = old.state_dict(p)
+            old.remove(p)
+            try:
+                self._slots[p].bucket = self._place(p, name, state)
+            except Exception:
+                old.add(p)
+                old.load_state_dict(p, snapshot)
+                raise
+        self._drop_empty_buckets()
+
+    def _drop_empty_buckets(self) -> None:
+        self._buckets = {k: b for k, b in self._buckets.items() if b.params}
+
+    def save(self, filename: str | os.PathLike[str]) -> None:
+        """Write :meth:`get_state` to ``filename`` atomically, in pyro.optim's format."""
+        checkpoint.save_atomic(self.get_state(), filename)
+
+    def load(self, filename: str | os.PathLike[str], map_location: Any = None) -> None:
+        """Read a file written by :meth:`save` or by pyro.optim and :meth:`set_state` it.
+
+        Loads with ``torch.load(weights_only=True)``: the file cannot run code.
+        """
+        self.set_state(checkpoint.load_state(filename, map_location=map_location))
+
+
+class _OptimObjs(Mapping[Tensor, Any]):
+    def __init__(self, optim: PyroOptim) -> None:
+        self._optim = optim
+
+    def __getitem__(self, param: Tensor) -> Any:
+        slot = self._optim._slots[param]
+        return _ParamOptimizerView(slot.bucket, param)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self._optim._slots)
+
+    def __len__(self) -> int:
+        return len(self._optim._slots)
+
+
+class _ParamOptimizerView:
+    """One parameter's optimizer, as pyro.optim users reach into ``optim_objs[p]``."""
+
+    def __init__(self, bucket: Bucket, param: Tensor) -> None:
+        self._bucket = bucket
+        self._param = param
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        group = self._bucket.state_dict(self._param)["param_groups"][0]
+        return [{**group, "params": [self._param]}]
+
+    @property
+    def state(self) -> dict[Tensor, Any]:
+        return {self._param: self._bucket.state_dict(self._param)["state"].get(0, {})}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._bucket.state_dict(self._param)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self._bucket.load_state_dict(self._param, state_dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if set_to_none:
+            self._param.grad = None
+        elif self._param.grad is not None:
+            self._param.grad.detach_().zero_()
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        self._bucket.step([self._param], *args, **kwargs)
