@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_scalar_dtype
 
 from pyroopt.kernels import IMPLEMENTATION_ARGS, RULES, UpdateRule
 from pyroopt.kernels._coef import per_param
@@ -130,10 +130,11 @@ class RuleBucket(Bucket):
 
     def remove(self, param: Tensor) -> None:
         self._ensure_layout()
-        i = self.index[param]
-        self.steps.pop(i)
+        # Views into the current buffers, taken before the indices shift.
+        kept = {p: self._state_views(p) for p in self.params if p is not param}
+        self.steps.pop(self.index[param])
         super().remove(param)
-        self._loose = {p: self._state_views(p) for p in self.params}
+        self._loose = kept
         self._layout_params = []
 
     def _state_views(self, param: Tensor) -> dict[str, Tensor]:
@@ -145,7 +146,7 @@ class RuleBucket(Bucket):
 
     def _ensure_layout(self) -> None:
         """(Re)build the flat buffers after parameters joined or left."""
-        if self._layout_params is self.params and not self._loose:
+        if (self._layout_params is self.params and not self._loose) or not self.params:
             return
         first = self.params[0]
         self.sizes = torch.tensor([p.numel() for p in self.params], device=first.device)
@@ -383,7 +384,7 @@ def fastest_torch_implementation(
         return {}
     if group.get("differentiable"):
         return {}
-    fused_devices = torch.optim.optimizer._get_fused_kernels_supported_devices()
+    fused_devices = _get_fused_kernels_supported_devices()
     if (
         _accepts(constructor, "fused")
         and param.device.type in fused_devices

@@ -216,8 +216,15 @@ class PyroOptim(pyro.optim.PyroOptim):
         if state is not None:
             # Saved hyperparameters win, as in torch's load_state_dict (a scheduler or
             # ClippedAdam's lrd may have moved lr); newer keys keep their defaults.
-            saved = state["param_groups"][0]
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            saved = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+            foreign = sorted(set(saved) - set(group))
+            if foreign:
+                raise ValueError(
+                    f"the saved state of {name!r} has hyperparameters {foreign} that "
+                    f"{getattr(self.pt_optim_constructor, '__name__', 'this optimizer')} does "
+                    "not take: it was saved by a different optimizer"
+                )
+            group.update(saved)
         key = bucket_key(self.pt_optim_constructor, group, p)
         bucket = self._buckets.get(key)
         if bucket is None:

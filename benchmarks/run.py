@@ -1,0 +1,177 @@
+"""Run every benchmark in one process; print the tables, write JSON and a chart.
+
+Usage, from the repository root::
+
+    python -m benchmarks.run            # full run, a few minutes
+    python -m benchmarks.run --quick    # smoke test, well under a minute
+    python -m benchmarks.run --repeats 15 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+import pyroopt
+from benchmarks import report
+from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
+from benchmarks.svi_step import SviResult, time_svi
+from benchmarks.timing import Plan
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The timing plans of one run."""
+
+    steps: Plan
+    svi: Plan
+
+
+FULL = Settings(
+    steps=Plan(repeats=9, warmup=3, target_seconds=0.3),
+    svi=Plan(repeats=9, warmup=5, target_seconds=1.0),
+)
+QUICK = Settings(
+    steps=Plan(repeats=3, warmup=2, target_seconds=0.02),
+    svi=Plan(repeats=3, warmup=3, target_seconds=0.15),
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Time pyroopt against pyro.optim and torch, side by side in one process.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats (smoke test)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="directory for results.json and speedup.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeats per measurement (median is kept)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
+
+
+def choose_settings(quick: bool, repeats: int | None) -> Settings:
+    """The plans for ``--quick`` or a full run, with ``--repeats`` overriding both."""
+    settings = QUICK if quick else FULL
+    if repeats is None:
+        return settings
+    return Settings(
+        steps=Plan(repeats, settings.steps.warmup, settings.steps.target_seconds),
+        svi=Plan(repeats, settings.svi.warmup, settings.svi.target_seconds),
+    )
+
+
+def environment(settings: Settings, quick: bool) -> dict[str, Any]:
+    """Versions, machine and settings, recorded with the results."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "pyro": pyro.__version__,
+        "pyroopt": pyroopt.__version__,
+        "dtype": "float32",
+        "seed": SEED,
+        "settings": asdict(settings),
+    }
+
+
+def run_optimizer_steps(plan: Plan) -> list[StepResult]:
+    """Every optimizer on every shape, printing progress."""
+    results = []
+    for spec in optimizer_specs():
+        for shape in SHAPES:
+            start = time.perf_counter()
+            results.append(time_optimizer(spec, shape, plan, SEED))
+            elapsed = time.perf_counter() - start
+            print(f"  {spec.name:<18} {shape[0]:>5,} x {shape[1]:<9,} {elapsed:5.1f} s", flush=True)
+    return results
+
+
+def run_svi(plan: Plan) -> SviResult:
+    """The SVI step benchmark, printing progress."""
+    start = time.perf_counter()
+    result = time_svi(plan, SEED)
+    print(
+        f"  SVI step, {result.n_sites} sites, AutoNormal {time.perf_counter() - start:5.1f} s",
+        flush=True,
+    )
+    return result
+
+
+def print_report(steps: Sequence[StepResult], svi: SviResult) -> None:
+    """The tables and what stands out in them."""
+    print("\nOptimizer step: median ms per step; ratios are time ratios (> 1: right side faster)")
+    print(report.step_table(steps))
+    print(f"\nSVI step: model with {svi.n_sites} sample sites, AutoNormal, Trace_ELBO")
+    print(report.svi_table(svi))
+    notes = report.findings(steps, svi)
+    print(
+        "\nFindings:"
+        if notes
+        else "\nFindings: none (no errors; pyroopt never slower than pyro.optim or torch fused)"
+    )
+    for note in notes:
+        print(f"  {note}")
+
+
+def write_outputs(
+    out: Path, meta: dict[str, Any], steps: Sequence[StepResult], svi: SviResult
+) -> None:
+    """results.json and speedup.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, chart_path = out / "results.json", out / "speedup.png"
+    report.write_json(json_path, report.to_json(meta, steps, svi))
+    report.draw_speedup_chart(steps, chart_path)
+    print(f"\nWrote {json_path.resolve()}\nWrote {chart_path.resolve()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks; the exit status is 1 if any column raised."""
+    args = parse_args(argv)
+    settings = choose_settings(args.quick, args.repeats)
+    meta = environment(settings, args.quick)
+    print(
+        f"torch {meta['torch']} ({meta['torch_threads']} threads, {meta['cpu_count']} CPUs), "
+        f"pyro {meta['pyro']}, pyroopt {meta['pyroopt']}, {meta['mode']} run, "
+        f"{settings.steps.repeats} repeats; medians of repeats within this run"
+    )
+    start = time.perf_counter()
+    steps = run_optimizer_steps(settings.steps)
+    svi = run_svi(settings.svi)
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    print_report(steps, svi)
+    write_outputs(args.out, meta, steps, svi)
+    print(f"Total {meta['seconds']} s")
+    failed = any(c.status == "error" for r in steps for c in r.columns.values())
+    failed = failed or any(c.status == "error" for c in svi.columns.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""One timing helper for every column: warm up, calibrate, then interleave repeats.
+
+Each column is a :class:`Case`, a zero-argument ``step`` callable (one optimizer step,
+or one SVI step) and the context it must run in. :func:`measure` warms every case up,
+picks how many steps make one repeat last about ``Plan.target_seconds``, and then runs
+the repeats round-robin over the cases, so that a slow spell of a shared machine hits
+every column alike. The figure kept is the median over repeats of the time per step.
+A case that raises is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+Step = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often to time each case."""
+
+    repeats: int
+    warmup: int
+    target_seconds: float
+    """Wall time one repeat should take; sets the number of steps per repeat."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A step to time and the context every call of it must run in."""
+
+    step: Step
+    context: Callable[[], AbstractContextManager[object]] = field(default=nullcontext)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The time per step of one case: the median and every repeat, in milliseconds."""
+
+    median_ms: float
+    repeat_ms: list[float]
+    steps_per_repeat: int
+
+
+def seconds_per_step(step: Step, steps: int) -> float:
+    """Mean wall time of ``steps`` consecutive calls of ``step``, by ``time.perf_counter``."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def steps_per_repeat(case: Case, plan: Plan) -> int:
+    """Warm ``case`` up, then the number of steps that lasts about ``plan.target_seconds``."""
+    with case.context():
+        for _ in range(plan.warmup):
+            case.step()
+        estimate = seconds_per_step(case.step, 2)
+    return max(1, round(plan.target_seconds / max(estimate, 1e-9)))
+
+
+@dataclass
+class Measurement:
+    """The timings of the cases that ran, and the error of each case that raised."""
+
+    timings: dict[str, Timing] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def describe(error: Exception) -> str:
+    """A one-line account of ``error`` for the report."""
+    return f"{type(error).__name__}: {error}"
+
+
+def measure(cases: Mapping[str, Case], plan: Plan) -> Measurement:
+    """Time every case of ``cases`` under ``plan``, repeats interleaved across cases.
+
+    A case that raises is dropped from the timing and reported in ``errors``; the
+    others go on, so one broken column does not hide the rest.
+    """
+    result = Measurement()
+    counts: dict[str, int] = {}
+    for name, case in cases.items():
+        try:
+            counts[name] = steps_per_repeat(case, plan)
+        except Exception as error:  # a benchmark reports failures rather than stopping
+            result.errors[name] = describe(error)
+    samples: dict[str, list[float]] = {name: [] for name in counts}
+    for _ in range(plan.repeats):
+        for name in list(samples):
+            case = cases[name]
+            try:
+                with case.context():
+                    samples[name].append(1e3 * seconds_per_step(case.step, counts[name]))
+            except Exception as error:
+                result.errors[name] = describe(error)
+                del samples[name]
+    for name, ms in samples.items():
+        result.timings[name] = Timing(statistics.median(ms), ms, counts[name])
+    return result

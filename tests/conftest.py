@@ -1,0 +1,18 @@
+"""Shared test setup: float64 by default, seeded, and a clean param store per test."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _float64_seeded_clean_store():
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+    torch.set_default_dtype(default_dtype)
