@@ -148,30 +148,42 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def _draw_panel(ax: Any, results: Sequence[StepResult], labels: dict[str, str]) -> None:
+    """One optimizer's bars: per shape, each column's speedup over pyro.optim."""
+    width = 0.8 / len(CHART_COLUMNS)
+    for i, key in enumerate(CHART_COLUMNS):
+        speedups = [ratio(r.median_ms("pyro_optim"), r.median_ms(key)) for r in results]
+        heights = [math.nan if s is None else s for s in speedups]
+        offset = (i - (len(CHART_COLUMNS) - 1) / 2) * width
+        ax.bar([g + offset for g in range(len(results))], heights, width, label=labels[key])
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="pyro.optim")
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([shape_label(r) for r in results], fontsize=8)
+    ax.set_title(results[0].optimizer, fontsize=10)
+    ax.set_xlabel("P parameters x S elements")
+    ax.grid(axis="y", which="both", alpha=0.3)
+
+
 def draw_speedup_chart(steps: Sequence[StepResult], path: Path) -> None:
-    """Grouped bars: each column's speedup over pyro.optim, per optimizer and shape."""
+    """Grouped bars of each column's speedup over pyro.optim, one panel per optimizer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_optimizer: dict[str, list[StepResult]] = {}
+    for result in steps:
+        by_optimizer.setdefault(result.optimizer, []).append(result)
     labels = {key: label for key, label, _ in COLUMNS}
-    width = 0.8 / len(CHART_COLUMNS)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(steps)), 5.5))
-    for i, key in enumerate(CHART_COLUMNS):
-        speedups = [ratio(r.median_ms("pyro_optim"), r.median_ms(key)) for r in steps]
-        heights = [math.nan if s is None else s for s in speedups]
-        positions = [g + (i - (len(CHART_COLUMNS) - 1) / 2) * width for g in range(len(steps))]
-        ax.bar(positions, heights, width, label=labels[key])
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="pyro.optim")
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(steps)))
-    ax.set_xticklabels([f"{r.optimizer}\n{shape_label(r)}" for r in steps], fontsize=8)
-    ax.set_xlabel("optimizer, P parameters x S elements (float32)")
-    ax.set_ylabel("speedup over pyro.optim (time ratio, log scale)")
-    ax.set_title("Optimizer step: speedup over pyro.optim (higher is faster; n/a columns omitted)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
+    fig, axes = plt.subplots(
+        1, len(by_optimizer), figsize=(3.6 * len(by_optimizer), 4.8), sharey=True, squeeze=False
+    )
+    for ax, results in zip(axes[0], by_optimizer.values(), strict=True):
+        _draw_panel(ax, results, labels)
+    axes[0][0].set_yscale("log")
+    axes[0][0].set_ylabel("speedup over pyro.optim (time ratio, log scale)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Optimizer step, float32: speedup over pyro.optim (higher is faster; n/a omitted)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -91,6 +91,7 @@ def environment(settings: Settings, quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "pyro": pyro.__version__,
@@ -99,6 +100,16 @@ def environment(settings: Settings, quick: bool) -> dict[str, Any]:
         "seed": SEED,
         "settings": asdict(settings),
     }
+
+
+def warn_if_busy(load: float, threads: int) -> None:
+    """Say so when other work already keeps the CPUs busy: timings will be noisy."""
+    cpus = os.cpu_count() or 1
+    if load > 0.5:
+        print(
+            f"WARNING: load average {load:.2f} on {cpus} CPUs before starting; torch's "
+            f"{threads} threads compete with other work, so expect noisy timings"
+        )
 
 
 def run_optimizer_steps(plan: Plan) -> list[StepResult]:
@@ -161,10 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pyro {meta['pyro']}, pyroopt {meta['pyroopt']}, {meta['mode']} run, "
         f"{settings.steps.repeats} repeats; medians of repeats within this run"
     )
+    warn_if_busy(meta["load_average_at_start"][0], meta["torch_threads"])
     start = time.perf_counter()
     steps = run_optimizer_steps(settings.steps)
     svi = run_svi(settings.svi)
     meta["seconds"] = round(time.perf_counter() - start, 1)
+    meta["load_average_at_end"] = os.getloadavg()
     print_report(steps, svi)
     write_outputs(args.out, meta, steps, svi)
     print(f"Total {meta['seconds']} s")

@@ -6,6 +6,7 @@ pyro.optim's ``save`` writes, so files move freely between the two.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -32,10 +33,8 @@ def save_atomic(obj: Any, filename: str | os.PathLike[str]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_folder(folder)
 

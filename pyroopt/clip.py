@@ -72,7 +72,9 @@ def grad_norms(grads: Sequence[Tensor]) -> list[Tensor]:
     return list(torch._foreach_norm(list(grads), 2))
 
 
-def clip_norms_(grads: Sequence[Tensor], norms: Sequence[Tensor], max_norms: Sequence[float]) -> None:
+def clip_norms_(
+    grads: Sequence[Tensor], norms: Sequence[Tensor], max_norms: Sequence[float]
+) -> None:
     """Scale each gradient to norm at most its ``max_norms`` entry, in place."""
     if not grads:
         return

@@ -246,10 +246,8 @@ class RuleBucket(Bucket):
                 f"optimizer state for a parameter of shape {tuple(param.shape)} lacks "
                 f"{missing}; it holds {sorted(saved)}"
             )
-        if self.rule.saves_step:
-            step = int(float(saved["step"]))
-        else:
-            step = 1
+        # torch's SGD keeps no step count: holding a momentum buffer means "stepped".
+        step = int(float(saved["step"])) if self.rule.saves_step else 1
         views = self._state_views(param)
         with torch.no_grad():
             for k in self.keys:
@@ -260,9 +258,7 @@ class RuleBucket(Bucket):
 class TorchBucket(Bucket):
     """One torch optimizer over the whole bucket, run fused or foreach."""
 
-    def __init__(
-        self, constructor: Callable[..., Optimizer], group: Group, implementation: Group
-    ):
+    def __init__(self, constructor: Callable[..., Optimizer], group: Group, implementation: Group):
         super().__init__(constructor, group)
         self.implementation = implementation
         self.optimizer: Optimizer | None = None
@@ -404,11 +400,15 @@ def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tens
     if rule is not None and not user_chose and rule.supports(group) and param.is_floating_point():
         return RuleBucket(constructor, group, rule)
     if is_torch_builtin(constructor):
-        return TorchBucket(constructor, group, fastest_torch_implementation(constructor, group, param))
+        return TorchBucket(
+            constructor, group, fastest_torch_implementation(constructor, group, param)
+        )
     return PerParamBucket(constructor, group)
 
 
-def full_group(constructor: Callable[..., Optimizer], args: Mapping[str, Any], param: Tensor) -> Group:
+def full_group(
+    constructor: Callable[..., Optimizer], args: Mapping[str, Any], param: Tensor
+) -> Group:
     """Every hyperparameter ``constructor`` would hold for ``args`` (defaults filled in)."""
     return hyperparameters(constructor([param], **args))
 

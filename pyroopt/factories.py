@@ -19,11 +19,14 @@ def _torch_optimizer(name: str) -> type[torch.optim.Optimizer]:
         raise NotImplementedError(
             f"torch {torch.__version__} has no torch.optim.{name}; upgrade torch to use it"
         )
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def Adadelta(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adadelta (Zeiler, 2012): :class:`torch.optim.Adadelta` for every parameter.
+    """Adadelta (Zeiler, 2012).
+
+    Wraps :class:`torch.optim.Adadelta` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Adadelta({"lr": 0.01}), Trace_ELBO())``
     """
@@ -31,7 +34,10 @@ def Adadelta(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpt
 
 
 def Adafactor(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adafactor (Shazeer & Stern, 2018): :class:`torch.optim.Adafactor` for every parameter.
+    """Adafactor (Shazeer & Stern, 2018).
+
+    Wraps :class:`torch.optim.Adafactor` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Adafactor({"lr": 0.01}), Trace_ELBO())``
     """
@@ -39,7 +45,10 @@ def Adafactor(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOp
 
 
 def Adagrad(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adagrad (Duchi et al., 2011): :class:`torch.optim.Adagrad` for every parameter.
+    """Adagrad (Duchi et al., 2011).
+
+    Wraps :class:`torch.optim.Adagrad` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Adagrad({"lr": 0.01}), Trace_ELBO())``
     """
@@ -47,7 +56,10 @@ def Adagrad(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
 
 
 def Adam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adam (Kingma & Ba, 2015): :class:`torch.optim.Adam` for every parameter.
+    """Adam (Kingma & Ba, 2015).
+
+    Wraps :class:`torch.optim.Adam` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Adam({"lr": 0.01}), Trace_ELBO())``
     """
@@ -55,7 +67,10 @@ def Adam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def AdamW(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """AdamW, Adam with decoupled weight decay (Loshchilov & Hutter, 2019): :class:`torch.optim.AdamW` for every parameter.
+    """AdamW, Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    Wraps :class:`torch.optim.AdamW` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.AdamW({"lr": 0.01}), Trace_ELBO())``
     """
@@ -63,7 +78,10 @@ def AdamW(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def Adamax(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adamax, Adam under the infinity norm (Kingma & Ba, 2015): :class:`torch.optim.Adamax` for every parameter.
+    """Adamax, Adam under the infinity norm (Kingma & Ba, 2015).
+
+    Wraps :class:`torch.optim.Adamax` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Adamax({"lr": 0.01}), Trace_ELBO())``
     """
@@ -71,7 +89,10 @@ def Adamax(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim
 
 
 def ASGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Averaged stochastic gradient descent (Polyak & Juditsky, 1992): :class:`torch.optim.ASGD` for every parameter.
+    """Averaged stochastic gradient descent (Polyak & Juditsky, 1992).
+
+    Wraps :class:`torch.optim.ASGD` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.ASGD({"lr": 0.01}), Trace_ELBO())``
     """
@@ -79,7 +100,10 @@ def ASGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def Muon(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Muon, momentum orthogonalized by Newton-Schulz (2-D parameters only): :class:`torch.optim.Muon` for every parameter.
+    """Muon, momentum orthogonalized by Newton-Schulz (2-D parameters only).
+
+    Wraps :class:`torch.optim.Muon` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Muon({"lr": 0.01}), Trace_ELBO())``
     """
@@ -87,7 +111,10 @@ def Muon(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def NAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """NAdam, Adam with Nesterov momentum (Dozat, 2016): :class:`torch.optim.NAdam` for every parameter.
+    """NAdam, Adam with Nesterov momentum (Dozat, 2016).
+
+    Wraps :class:`torch.optim.NAdam` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.NAdam({"lr": 0.01}), Trace_ELBO())``
     """
@@ -95,7 +122,10 @@ def NAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def RAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """RAdam, rectified Adam (Liu et al., 2020): :class:`torch.optim.RAdam` for every parameter.
+    """RAdam, rectified Adam (Liu et al., 2020).
+
+    Wraps :class:`torch.optim.RAdam` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.RAdam({"lr": 0.01}), Trace_ELBO())``
     """
@@ -103,7 +133,10 @@ def RAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def RMSprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """RMSprop (Hinton, 2012): :class:`torch.optim.RMSprop` for every parameter.
+    """RMSprop (Hinton, 2012).
+
+    Wraps :class:`torch.optim.RMSprop` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.RMSprop({"lr": 0.01}), Trace_ELBO())``
     """
@@ -111,7 +144,10 @@ def RMSprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
 
 
 def Rprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993): :class:`torch.optim.Rprop` for every parameter.
+    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993).
+
+    Wraps :class:`torch.optim.Rprop` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.Rprop({"lr": 0.01}), Trace_ELBO())``
     """
@@ -119,7 +155,10 @@ def Rprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def SGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Stochastic gradient descent with optional momentum: :class:`torch.optim.SGD` for every parameter.
+    """Stochastic gradient descent with optional momentum.
+
+    Wraps :class:`torch.optim.SGD` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.SGD({"lr": 0.01}), Trace_ELBO())``
     """
@@ -127,12 +166,14 @@ def SGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
 
 def SparseAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``): :class:`torch.optim.SparseAdam` for every parameter.
+    """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``).
+
+    Wraps :class:`torch.optim.SparseAdam` with :class:`~pyroopt.optim.PyroOptim` for every
+    parameter.
 
     Example: ``svi = SVI(model, guide, pyroopt.SparseAdam({"lr": 0.01}), Trace_ELBO())``
     """
     return PyroOptim(_torch_optimizer("SparseAdam"), optim_args, clip_args)
-
 
 
 # Pyro's own optimizers. Until pyroopt's kernels for them land, their pyro-ppl classes
@@ -169,4 +210,22 @@ def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
     return PyroOptim(PyroDCTAdam, optim_args, clip_args)
 
 
-__all__ = ["AdagradRMSProp", "ClippedAdam", "DCTAdam", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"]
+__all__ = [
+    "ASGD",
+    "SGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "AdagradRMSProp",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "ClippedAdam",
+    "DCTAdam",
+    "Muon",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SparseAdam",
+]

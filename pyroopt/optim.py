@@ -124,6 +124,7 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"got {type(clip_args).__name__}: {clip_args!r}"
             )
         self.pt_optim_constructor = optim_constructor
+        self._constructor = optim_constructor
         self.pt_optim_args = optim_args
         self.pt_clip_args = clip_args
         self._optim_arity = 0
@@ -212,7 +213,7 @@ class PyroOptim(pyro.optim.PyroOptim):
 
     def _place(self, p: Tensor, name: str | None, state: Any) -> Bucket:
         """Put ``p`` in the bucket its hyperparameters (or its saved state's) call for."""
-        group = full_group(self.pt_optim_constructor, self._optim_args_for(name), p)
+        group = full_group(self._constructor, self._optim_args_for(name), p)
         if state is not None:
             # Saved hyperparameters win, as in torch's load_state_dict (a scheduler or
             # ClippedAdam's lrd may have moved lr); newer keys keep their defaults.
@@ -225,10 +226,10 @@ class PyroOptim(pyro.optim.PyroOptim):
                     "not take: it was saved by a different optimizer"
                 )
             group.update(saved)
-        key = bucket_key(self.pt_optim_constructor, group, p)
+        key = bucket_key(self._constructor, group, p)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = make_bucket(self.pt_optim_constructor, group, p)
+            bucket = make_bucket(self._constructor, group, p)
         bucket.add(p)
         if state is not None:
             try:
@@ -239,7 +240,9 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._buckets.setdefault(key, bucket)
         return bucket
 
-    def _call_per_param(self, fn: Callable[..., Any], arity: int, name: str | None, what: str) -> Any:
+    def _call_per_param(
+        self, fn: Callable[..., Any], arity: int, name: str | None, what: str
+    ) -> Any:
         if name is None:
             raise ValueError(
                 f"callable {what} needs the parameter's name, but a tensor passed to the "
@@ -299,8 +302,8 @@ class PyroOptim(pyro.optim.PyroOptim):
             )
 
     # -- reading ----------------------------------------------------------------------
-    @property
-    def optim_objs(self) -> Mapping[Tensor, Any]:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def optim_objs(self) -> Mapping[Tensor, Any]:
         """Maps each parameter seen so far to an optimizer-like view of its state."""
         return _OptimObjs(self)
 
@@ -358,7 +361,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
-                f"state_dict must be a dict of {{param_name: state}}, got {type(state_dict).__name__}"
+                "state_dict must be a dict of {param_name: state}, got "
+                f"{type(state_dict).__name__}"
             )
         for name, state in state_dict.items():
             checkpoint.check_param_state(name, state)

@@ -69,9 +69,7 @@ def run(
     for step in range(start, start + steps):
         params = program.params_at(step)
         optim(set(params))  # a set, as SVI passes it: order must not matter
-        trajectory.append(
-            {name: v.detach().clone() for name, v in pyro.get_param_store().items()}
-        )
+        trajectory.append({name: v.detach().clone() for name, v in pyro.get_param_store().items()})
     return trajectory
 
 

@@ -21,7 +21,9 @@ def test_version_is_exposed():
 @pytest.mark.distributed
 def test_horovodrun_two_process_allreduce(tmp_path):
     horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent))
-    assert horovodrun is not None, "horovodrun is not installed next to this python: run make install"
+    assert horovodrun is not None, (
+        "horovodrun is not installed next to this python: run make install"
+    )
     script = tmp_path / "allreduce.py"
     script.write_text(
         textwrap.dedent(

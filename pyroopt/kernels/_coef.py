@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 Coef: TypeAlias = float | list[float] | list[Tensor]
+#: What torch's ``_foreach_*`` ops take and return.
+TensorList: TypeAlias = list[Tensor] | tuple[Tensor, ...]
 
 
 def per_param(
@@ -47,13 +49,13 @@ def per_param(
     return [torch.repeat_interleave(expanded, sizes, output_size=numel)]
 
 
-def addcdiv_(xs: list[Tensor], ys: list[Tensor], zs: list[Tensor], value: Coef) -> None:
+def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
     """``x += value * y / z`` elementwise, for every coefficient form."""
     if isinstance(value, float):
         torch._foreach_addcdiv_(xs, ys, zs, value)
     elif value and isinstance(value[0], Tensor):
         ratio = torch._foreach_div(ys, zs)
-        torch._foreach_mul_(ratio, value)  # type: ignore[arg-type]
+        torch._foreach_mul_(ratio, value)
         torch._foreach_add_(xs, ratio)
     else:
         torch._foreach_addcdiv_(xs, ys, zs, value)  # type: ignore[arg-type]

@@ -34,19 +34,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels._coef import TensorList, addcdiv_
 from pyroopt.kernels.base import CoefFn, UpdateRule
 
 
 class AdamRule(UpdateRule):
-    torch_class = torch.optim.Adam
-
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
-        if decoupled:
-            self.torch_class = torch.optim.AdamW
+        self.torch_class = torch.optim.AdamW if decoupled else torch.optim.Adam
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys = ("exp_avg", "exp_avg_sq")
@@ -57,9 +53,9 @@ class AdamRule(UpdateRule):
 
     def update(
         self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: Mapping[str, list[Tensor]],
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
         steps: Sequence[int],
         group: Mapping[str, Any],
         coef: CoefFn,
@@ -83,7 +79,7 @@ class AdamRule(UpdateRule):
         neg_step_size = coef([-lr / (1 - beta1**t) for t in steps])
         bias_correction2_sqrt = coef([math.sqrt(1 - beta2**t) for t in steps])
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, bias_correction2_sqrt)  # type: ignore[arg-type]
+        torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-from pyroopt.kernels._coef import Coef
+from pyroopt.kernels._coef import Coef, TensorList
 
 #: Arguments that choose how torch runs an algorithm, not what it computes.
 IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
@@ -57,9 +57,9 @@ class UpdateRule(ABC):
     @abstractmethod
     def update(
         self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: Mapping[str, list[Tensor]],
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
         steps: Sequence[int],
         group: Mapping[str, Any],
         coef: CoefFn,

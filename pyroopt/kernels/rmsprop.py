@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from pyroopt.kernels._coef import TensorList
 from pyroopt.kernels.base import CoefFn, UpdateRule
 
 
@@ -38,9 +38,9 @@ class RMSpropRule(UpdateRule):
 
     def update(
         self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: Mapping[str, list[Tensor]],
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
         steps: Sequence[int],
         group: Mapping[str, Any],
         coef: CoefFn,

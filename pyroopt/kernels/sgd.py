@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from pyroopt.kernels._coef import TensorList
 from pyroopt.kernels.base import CoefFn, UpdateRule
 
 
@@ -34,9 +34,9 @@ class SGDRule(UpdateRule):
 
     def update(
         self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: Mapping[str, list[Tensor]],
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
         steps: Sequence[int],
         group: Mapping[str, Any],
         coef: CoefFn,
@@ -51,13 +51,10 @@ class SGDRule(UpdateRule):
             # A parameter's first step sets its buffer to the gradient (torch clones it).
             keep = coef([momentum if t > 1 else 0.0 for t in steps])
             take = coef([1 - group["dampening"] if t > 1 else 1.0 for t in steps])
-            torch._foreach_mul_(bufs, keep)  # type: ignore[arg-type]
+            torch._foreach_mul_(bufs, keep)
             if isinstance(take, float):
                 torch._foreach_add_(bufs, grads, alpha=take)
             else:
-                torch._foreach_add_(bufs, torch._foreach_mul(grads, take))  # type: ignore[arg-type]
-            if group["nesterov"]:
-                grads = torch._foreach_add(grads, bufs, alpha=momentum)
-            else:
-                grads = bufs
+                torch._foreach_add_(bufs, torch._foreach_mul(grads, take))
+            grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)
