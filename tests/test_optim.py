@@ -51,7 +51,7 @@ def both(name, args, clip_args=None, steps=12, program=None):
         factory = getattr(module, name)
         # pyro.optim's factories for its own optimizers take no clip_args
         extra = () if clip_args is None else (clip_args,)
-        out.append(run(lambda f=factory: f(args, *extra), steps, program))
+        out.append(run(lambda f=factory, e=extra: f(args, *e), steps, program))
     return out
 
 
