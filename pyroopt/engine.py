@@ -76,21 +76,23 @@ class Bucket(ABC):
         #: hyperparameters as the user asked for them (what the state format records)
         self.group = group
         self.params: list[Tensor] = []
-        self.index: dict[Tensor, int] = {}
+        #: id(param) -> position in ``params``
+        self.index: dict[int, int] = {}
 
     def add(self, param: Tensor) -> None:
-        self.index[param] = len(self.params)
+        self.index[id(param)] = len(self.params)
         self.params.append(param)
 
     def remove(self, param: Tensor) -> None:
-        self.params.pop(self.index.pop(param))
-        self.index = {p: i for i, p in enumerate(self.params)}
+        self.params.pop(self.index.pop(id(param)))
+        self.index = {id(p): i for i, p in enumerate(self.params)}
 
     def order(self, params: list[Tensor]) -> list[Tensor]:
         """``params`` (all members) in bucket order, so results never depend on set order."""
         if len(params) == len(self.params):
             return self.params
-        return sorted(params, key=self.index.__getitem__)
+        index = self.index
+        return sorted(params, key=lambda p: index[id(p)])
 
     @abstractmethod
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
@@ -132,7 +134,7 @@ class RuleBucket(Bucket):
         self._ensure_layout()
         # Views into the current buffers, taken before the indices shift.
         kept = {p: self._state_views(p) for p in self.params if p is not param}
-        self.steps.pop(self.index[param])
+        self.steps.pop(self.index[id(param)])
         super().remove(param)
         self._loose = kept
         self._layout_params = []
@@ -141,7 +143,7 @@ class RuleBucket(Bucket):
         loose = self._loose.get(param)
         if loose is not None:
             return loose
-        i = self.index[param]
+        i = self.index[id(param)]
         return {k: self._views[k][i] for k in self.keys}
 
     def _ensure_layout(self) -> None:
@@ -174,25 +176,28 @@ class RuleBucket(Bucket):
                 f"{self.constructor.__name__}.step() takes no arguments in pyroopt's fused "
                 f"engine; got args={args!r} kwargs={kwargs!r}"
             )
-        live = [p for p in params if p.grad is not None]
-        if not live:
-            return
-        grads = [p.grad for p in live]
-        for p, g in zip(live, grads, strict=True):
-            if g.is_sparse:  # type: ignore[union-attr]
-                raise ValueError(
-                    f"{self.constructor.__name__} does not support sparse gradients "
-                    f"(parameter of shape {tuple(p.shape)}); use pyroopt.SparseAdam"
-                )
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            params = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in params]
+            if not params:
+                return
+        if any(g.is_sparse for g in grads):  # type: ignore[union-attr]
+            raise ValueError(
+                f"{self.constructor.__name__} does not support sparse gradients; "
+                "use pyroopt.SparseAdam for parameters with sparse gradients"
+            )
         self._ensure_layout()
         with torch.no_grad():
-            if len(live) == len(self.params):
+            if len(params) == len(self.params):
                 self._step_flat(grads)  # type: ignore[arg-type]
             else:
-                self._step_list(live, grads)  # type: ignore[arg-type]
+                self._step_list(params, grads)  # type: ignore[arg-type]
 
     def _step_flat(self, grads: list[Tensor]) -> None:
         self.steps = [t + 1 for t in self.steps]
+        # All parameters at the same step (the usual case): one count stands for all.
+        steps = self.steps[:1] if min(self.steps) == max(self.steps) else self.steps
         torch._foreach_copy_(self._grad_views, grads)
         reads = self.rule.reads_params(self.group)
         if reads:
@@ -205,14 +210,14 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, sizes, numel, like)
 
-        self.rule.update([self._work], [self._grad], state, self.steps, self.group, coef)
+        self.rule.update([self._work], [self._grad], state, steps, self.group, coef)
         if reads:
             torch._foreach_copy_(self.params, self._work_views)
         else:
             torch._foreach_add_(self.params, self._work_views)
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
-        rows = [self.index[p] for p in live]
+        rows = [self.index[id(p)] for p in live]
         for i in rows:
             self.steps[i] += 1
         steps = [self.steps[i] for i in rows]
@@ -226,7 +231,7 @@ class RuleBucket(Bucket):
 
     # -- state ------------------------------------------------------------------
     def state_dict(self, param: Tensor) -> dict[str, Any]:
-        step = self.steps[self.index[param]]
+        step = self.steps[self.index[id(param)]]
         state: ParamState = {}
         if step > 0:
             if self.rule.saves_step:
@@ -236,7 +241,7 @@ class RuleBucket(Bucket):
 
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
         saved = state_dict["state"].get(0, {})
-        i = self.index[param]
+        i = self.index[id(param)]
         if not saved:
             self.steps[i] = 0
             return

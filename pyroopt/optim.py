@@ -55,9 +55,12 @@ def _arity(fn: Callable[..., Any], what: str) -> int:
 class _Slot:
     """What the optimizer knows of one parameter."""
 
-    __slots__ = ("bucket", "clip", "name")
+    __slots__ = ("bucket", "clip", "name", "param")
 
-    def __init__(self, name: str | None, bucket: Bucket, clip: dict[str, float]) -> None:
+    def __init__(
+        self, param: Tensor, name: str | None, bucket: Bucket, clip: dict[str, float]
+    ) -> None:
+        self.param = param
         self.name = name
         self.bucket = bucket
         self.clip = clip
@@ -145,10 +148,12 @@ class PyroOptim(pyro.optim.PyroOptim):
             self._dict_clip = clean
         self.track_grad_norms = bool(track_grad_norms)
 
-        self._slots: dict[Tensor, _Slot] = {}
+        # Keyed by id(param): Tensor.__hash__ is a Python call, id() is not, and the slot
+        # holds the tensor, so its id cannot be reused while the entry exists.
+        self._slots: dict[int, _Slot] = {}
         self._buckets: dict[Hashable, Bucket] = {}
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
-        self._last_norms: dict[Tensor, Tensor] = {}
+        self._last_norms: dict[int, Tensor] = {}
         self._last_global_norm: Tensor | None = None
 
     # -- stepping ---------------------------------------------------------------------
@@ -159,35 +164,38 @@ class PyroOptim(pyro.optim.PyroOptim):
         waiting for their name from :meth:`set_state` / :meth:`load`). Extra arguments
         go to the underlying optimizer's ``step``.
         """
-        params = self._checked_params(params)
-        slots = self._slots
-        members: dict[Bucket, list[Tensor]] = {}
-        for p in params:
-            slot = slots.get(p)
-            if slot is None:
-                slot = self._discover(p)
-            bucket_params = members.get(slot.bucket)
-            if bucket_params is None:
-                members[slot.bucket] = [p]
-            else:
-                bucket_params.append(p)
-        self._clip(params)
-        for bucket in self._buckets.values():
-            stepped = members.get(bucket)
-            if stepped:
-                bucket.step(bucket.order(stepped), *args, **kwargs)
-
-    def _checked_params(self, params: Iterable[Tensor]) -> list[Tensor]:
         if isinstance(params, Tensor) or not isinstance(params, Iterable):
             raise TypeError(
                 f"params must be an iterable of tensors (e.g. a list or set), got "
                 f"{type(params).__name__}"
             )
         params = list(params)
+        if len({id(p) for p in params}) != len(params):
+            params = list({id(p): p for p in params}.values())  # each parameter steps once
+        slots = self._slots
+        stepped: list[_Slot] = []
+        new = []
         for p in params:
-            if p not in self._slots:
+            slot = slots.get(id(p))
+            if slot is None:
                 self._check_new_param(p)
-        return params
+                new.append(p)
+            else:
+                stepped.append(slot)
+        # Every new parameter is placed only once all of them passed their checks.
+        stepped.extend(self._discover(p) for p in new)
+        members: dict[Bucket, list[Tensor]] = {}
+        for slot in stepped:
+            bucket_params = members.get(slot.bucket)
+            if bucket_params is None:
+                members[slot.bucket] = [slot.param]
+            else:
+                bucket_params.append(slot.param)
+        self._clip(stepped)
+        for bucket in self._buckets.values():
+            bucket_params = members.get(bucket)
+            if bucket_params:
+                bucket.step(bucket.order(bucket_params), *args, **kwargs)
 
     @staticmethod
     def _check_new_param(p: Any) -> None:
@@ -208,7 +216,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         bucket = self._place(p, name, waiting)
         if waiting is not None:
             del self._state_waiting_to_be_consumed[name]  # type: ignore[arg-type]
-        slot = self._slots[p] = _Slot(name, bucket, self._clip_args_for(p, name))
+        slot = self._slots[id(p)] = _Slot(p, name, bucket, self._clip_args_for(p, name))
         return slot
 
     def _place(self, p: Tensor, name: str | None, state: Any) -> Bucket:
@@ -270,27 +278,27 @@ class PyroOptim(pyro.optim.PyroOptim):
         result = self._call_per_param(self.pt_clip_args, self._clip_arity, name, "clip_args")
         return validate_clip_args(result, allow_global=False, where=f"clip_args for {name!r}")
 
-    def _clip(self, params: list[Tensor]) -> None:
+    def _clip(self, stepped: list[_Slot]) -> None:
         need_norms = self.track_grad_norms
         norm_clip: list[tuple[Tensor, float]] = []
         value_clip: list[tuple[Tensor, float]] = []
-        for p in params:
-            clip = self._slots[p].clip
-            if clip and p.grad is not None:
+        for slot in stepped:
+            clip = slot.clip
+            if clip and slot.param.grad is not None:
                 if "clip_norm" in clip:
-                    norm_clip.append((p, clip["clip_norm"]))
+                    norm_clip.append((slot.param, clip["clip_norm"]))
                 if "clip_value" in clip:
-                    value_clip.append((p, clip["clip_value"]))
+                    value_clip.append((slot.param, clip["clip_value"]))
         if not (need_norms or norm_clip or value_clip or self._global_clip is not None):
             return
-        with_grad = [p for p in params if p.grad is not None]
+        with_grad = [s.param for s in stepped if s.param.grad is not None]
         if need_norms or norm_clip:
             norms = grad_norms([p.grad for p in with_grad])  # type: ignore[misc]
-            self._last_norms = dict(zip(with_grad, norms, strict=True))
+            self._last_norms = {id(p): n for p, n in zip(with_grad, norms, strict=True)}
         if norm_clip:
             clip_norms_(
                 [p.grad for p, _ in norm_clip],  # type: ignore[misc]
-                [self._last_norms[p] for p, _ in norm_clip],
+                [self._last_norms[id(p)] for p, _ in norm_clip],
                 [c for _, c in norm_clip],
             )
         if value_clip:
@@ -314,7 +322,9 @@ class PyroOptim(pyro.optim.PyroOptim):
     def learning_rates(self) -> dict[str, float]:
         """The current learning rate of every parameter seen so far, by name."""
         return {
-            slot.name: slot.bucket.lr(p) for p, slot in self._slots.items() if slot.name is not None
+            slot.name: slot.bucket.lr(slot.param)
+            for slot in self._slots.values()
+            if slot.name is not None
         }
 
     def grad_norms(self) -> dict[str, float]:
@@ -327,9 +337,9 @@ class PyroOptim(pyro.optim.PyroOptim):
                 "gradient norms are recorded only with track_grad_norms=True or clip_norm"
             )
         return {
-            self._slots[p].name: float(n)  # type: ignore[misc]
-            for p, n in self._last_norms.items()
-            if self._slots[p].name is not None
+            self._slots[key].name: float(n)  # type: ignore[misc]
+            for key, n in self._last_norms.items()
+            if self._slots[key].name is not None
         }
 
     def global_grad_norm(self) -> float | None:
@@ -348,9 +358,9 @@ class PyroOptim(pyro.optim.PyroOptim):
         after loading loses nothing.
         """
         state: dict[str, Any] = dict(self._state_waiting_to_be_consumed)
-        for p, slot in self._slots.items():
+        for slot in self._slots.values():
             if slot.name is not None:
-                state[slot.name] = slot.bucket.state_dict(p)
+                state[slot.name] = slot.bucket.state_dict(slot.param)
         return state
 
     def set_state(self, state_dict: Mapping[str, Any]) -> None:
@@ -366,17 +376,17 @@ class PyroOptim(pyro.optim.PyroOptim):
             )
         for name, state in state_dict.items():
             checkpoint.check_param_state(name, state)
-        by_name = {slot.name: p for p, slot in self._slots.items() if slot.name is not None}
+        by_name = {slot.name: slot for slot in self._slots.values() if slot.name is not None}
         for name, state in state_dict.items():
-            p = by_name.get(name)
-            if p is None:
+            slot = by_name.get(name)
+            if slot is None:
                 self._state_waiting_to_be_consumed[name] = state
                 continue
-            old = self._slots[p].bucket
+            p, old = slot.param, slot.bucket
             snapshot = old.state_dict(p)
             old.remove(p)
             try:
-                self._slots[p].bucket = self._place(p, name, state)
+                slot.bucket = self._place(p, name, state)
             except Exception:
                 old.add(p)
                 old.load_state_dict(p, snapshot)
@@ -403,11 +413,11 @@ class _OptimObjs(Mapping[Tensor, Any]):
         self._optim = optim
 
     def __getitem__(self, param: Tensor) -> Any:
-        slot = self._optim._slots[param]
+        slot = self._optim._slots[id(param)]
         return _ParamOptimizerView(slot.bucket, param)
 
     def __iter__(self) -> Iterator[Tensor]:
-        return iter(self._optim._slots)
+        return (slot.param for slot in self._optim._slots.values())
 
     def __len__(self) -> int:
         return len(self._optim._slots)
