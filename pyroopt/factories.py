@@ -208,24 +208,3 @@ def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
     from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
 
     return PyroOptim(PyroDCTAdam, optim_args, clip_args)
-
-
-__all__ = [
-    "ASGD",
-    "SGD",
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "AdagradRMSProp",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "ClippedAdam",
-    "DCTAdam",
-    "Muon",
-    "NAdam",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "SparseAdam",
-]

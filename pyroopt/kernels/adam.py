@@ -37,6 +37,7 @@ import torch
 
 from pyroopt.kernels._coef import TensorList, addcdiv_
 from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.weight_decay import directed_grads
 
 
 class AdamRule(UpdateRule):
@@ -62,13 +63,15 @@ class AdamRule(UpdateRule):
     ) -> None:
         beta1, beta2 = group["betas"]
         lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
-        if group["maximize"]:
-            grads = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            if self.decoupled or group.get("decoupled_weight_decay", False):
-                torch._foreach_mul_(params, 1 - lr * weight_decay)
-            else:
-                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        decoupled = self.decoupled or group.get("decoupled_weight_decay", False)
+        grads = directed_grads(
+            params,
+            grads,
+            maximize=group["maximize"],
+            weight_decay=weight_decay,
+            mode="decoupled" if decoupled else "l2",
+            lr=lr,
+        )
         exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)

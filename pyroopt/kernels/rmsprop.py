@@ -20,6 +20,7 @@ import torch
 
 from pyroopt.kernels._coef import TensorList
 from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.weight_decay import directed_grads
 
 
 class RMSpropRule(UpdateRule):
@@ -46,10 +47,14 @@ class RMSpropRule(UpdateRule):
         coef: CoefFn,
     ) -> None:
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-        if group["maximize"]:
-            grads = torch._foreach_neg(grads)
-        if group["weight_decay"] != 0:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        grads = directed_grads(
+            params,
+            grads,
+            maximize=group["maximize"],
+            weight_decay=group["weight_decay"],
+            mode="l2",
+            lr=lr,
+        )
         square_avgs = state["square_avg"]
         torch._foreach_mul_(square_avgs, alpha)
         torch._foreach_addcmul_(square_avgs, grads, grads, 1 - alpha)

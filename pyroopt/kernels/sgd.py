@@ -20,6 +20,7 @@ import torch
 
 from pyroopt.kernels._coef import TensorList
 from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.weight_decay import directed_grads
 
 
 class SGDRule(UpdateRule):
@@ -42,10 +43,9 @@ class SGDRule(UpdateRule):
         coef: CoefFn,
     ) -> None:
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-        if group["maximize"]:
-            grads = torch._foreach_neg(grads)
-        if weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        grads = directed_grads(
+            params, grads, maximize=group["maximize"], weight_decay=weight_decay, mode="l2", lr=lr
+        )
         if momentum != 0:
             bufs = state["momentum_buffer"]
             # A parameter's first step sets its buffer to the gradient (torch clones it).
