@@ -33,6 +33,12 @@ from pyroopt.kernels import IMPLEMENTATION_ARGS, RULES, UpdateRule
 from pyroopt.kernels._coef import per_param
 
 Group = dict[str, Any]
+
+#: Up to this many elements per parameter on average, a bucket gathers its gradients
+#: into one flat buffer (one ``_foreach_copy_``) and runs the update there; larger
+#: parameters are updated in place, where the copies would cost more than the
+#: per-tensor overhead they save.
+FLAT_MAX_AVG_NUMEL = 1 << 16
 ParamState = dict[str, Any]
 
 
@@ -117,6 +123,7 @@ class RuleBucket(Bucket):
         super().__init__(constructor, group)
         self.rule = rule
         self.keys = rule.state_keys(group)
+        self._fused_devices = _get_fused_kernels_supported_devices()
         self.steps: list[int] = []
         # Per-parameter state kept beside the flat buffers until the next layout.
         self._loose: dict[Tensor, dict[str, Tensor]] = {}
@@ -188,16 +195,21 @@ class RuleBucket(Bucket):
                 "use pyroopt.SparseAdam for parameters with sparse gradients"
             )
         self._ensure_layout()
+        flat = len(params) == len(self.params) and (
+            self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params)
+        )
         with torch.no_grad():
-            if len(params) == len(self.params):
+            if flat:
                 self._step_flat(grads)  # type: ignore[arg-type]
             else:
                 self._step_list(params, grads)  # type: ignore[arg-type]
 
     def _step_flat(self, grads: list[Tensor]) -> None:
         self.steps = [t + 1 for t in self.steps]
-        # All parameters at the same step (the usual case): one count stands for all.
-        steps = self.steps[:1] if min(self.steps) == max(self.steps) else self.steps
+        # All parameters at the same step (the usual case): one count stands for all,
+        # and a fused kernel can update the whole flat buffer in one pass.
+        uniform = min(self.steps) == max(self.steps)
+        steps = self.steps[:1] if uniform else self.steps
         torch._foreach_copy_(self._grad_views, grads)
         reads = self.rule.reads_params(self.group)
         if reads:
@@ -210,7 +222,8 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, sizes, numel, like)
 
-        self.rule.update([self._work], [self._grad], state, steps, self.group, coef)
+        if not (uniform and self._fuse([self._work], [self._grad], state, steps)):
+            self.rule.update([self._work], [self._grad], state, steps, self.group, coef)
         if reads:
             torch._foreach_copy_(self.params, self._work_views)
         else:
@@ -227,7 +240,20 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, None, 0, like)
 
-        self.rule.update(live, grads, state, steps, self.group, coef)
+        if not self._fuse(live, grads, state, steps):
+            self.rule.update(live, grads, state, steps, self.group, coef)
+
+    def _fuse(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: Mapping[str, list[Tensor]],
+        steps: list[int],
+    ) -> bool:
+        """Run the rule's fused kernel if the device has one; ``False`` if not run."""
+        if params[0].device.type not in self._fused_devices:
+            return False
+        return self.rule.fused_update(params, grads, state, steps, self.group)
 
     # -- state ------------------------------------------------------------------
     def state_dict(self, param: Tensor) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import TensorList, addcdiv_
-from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.base import CoefFn, UpdateRule, step_tensors
 from pyroopt.kernels.weight_decay import directed_grads
 
 
@@ -85,6 +85,34 @@ class AdamRule(UpdateRule):
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
+
+    def fused_update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+    ) -> bool:
+        decoupled = self.decoupled or group.get("decoupled_weight_decay", False)
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        beta1, beta2 = group["betas"]
+        kernel(
+            params,
+            grads,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if group["amsgrad"] else [],
+            step_tensors(steps, params),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+        )
+        return True
 
 
 ADAM = AdamRule()

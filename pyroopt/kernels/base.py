@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -66,6 +67,28 @@ class UpdateRule(ABC):
     ) -> None:
         """Update ``params`` and ``state`` in place. ``grads`` may be modified."""
 
-    def state_present(self, key: str, step: int, group: Mapping[str, Any]) -> bool:
-        """Whether torch would hold ``key`` for a parameter after ``step`` steps."""
-        return step > 0
+    def fused_update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+    ) -> bool:
+        """The same update in one pass of a torch fused kernel, where one exists.
+
+        Returns ``False`` (having changed nothing) when no fused kernel can compute it;
+        the engine then calls :meth:`update`.
+        """
+        return False
+
+
+def step_tensors(steps: Sequence[int], like: TensorList) -> list[Tensor]:
+    """Step counts as the float32 tensors torch's fused kernels read, one per tensor.
+
+    A single count stands for all tensors when ``steps`` has one entry.
+    """
+    device = like[0].device
+    if len(steps) == 1:
+        return [torch.tensor(float(steps[0]), dtype=torch.float32, device=device)] * len(like)
+    return [torch.tensor(float(t), dtype=torch.float32, device=device) for t in steps]

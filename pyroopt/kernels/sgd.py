@@ -58,3 +58,29 @@ class SGDRule(UpdateRule):
                 torch._foreach_add_(bufs, torch._foreach_mul(grads, take))
             grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)
+
+    def fused_update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+    ) -> bool:
+        first = [t == 1 for t in steps]
+        if any(first) and not all(first):
+            return False  # the fused kernel takes one first-step flag for all tensors
+        momentum = group["momentum"]
+        torch._fused_sgd_(
+            params,
+            grads,
+            state["momentum_buffer"] if momentum != 0 else [],
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            is_first_step=momentum != 0 and first[0],
+        )
+        return True
