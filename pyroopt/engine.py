@@ -100,6 +100,10 @@ class Bucket(ABC):
         index = self.index
         return sorted(params, key=lambda p: index[id(p)])
 
+    def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` unless ``step`` takes these extra arguments."""
+        _closure_only(self.constructor, args, kwargs)
+
     @abstractmethod
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
         """Step ``params`` (members of this bucket, in bucket order) that have a gradient."""
@@ -178,11 +182,11 @@ class RuleBucket(Bucket):
 
     # -- stepping ---------------------------------------------------------------
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
-        if args or kwargs:
-            raise TypeError(
-                f"{self.constructor.__name__}.step() takes no arguments in pyroopt's fused "
-                f"engine; got args={args!r} kwargs={kwargs!r}"
-            )
+        closure = _closure_only(self.constructor, args, kwargs)
+        if closure is not None:
+            # Once per bucket: torch optimizers evaluate the closure before updating.
+            with torch.enable_grad():
+                closure()
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             params = [p for p in params if p.grad is not None]
@@ -286,6 +290,24 @@ class RuleBucket(Bucket):
         self.steps[i] = step
 
 
+def _closure_only(
+    constructor: Callable[..., Optimizer], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], Any] | None:
+    """The ``closure`` of ``step(closure)``, the one argument a torch optimizer takes."""
+    if not kwargs and len(args) <= 1:
+        closure = args[0] if args else None
+    elif not args and set(kwargs) == {"closure"}:
+        closure = kwargs["closure"]
+    else:
+        raise TypeError(
+            f"{getattr(constructor, '__name__', constructor)}.step() takes only a closure; "
+            f"got args={args!r} kwargs={kwargs!r}"
+        )
+    if closure is not None and not callable(closure):
+        raise TypeError(f"closure must be callable, got {closure!r}")
+    return closure
+
+
 class TorchBucket(Bucket):
     """One torch optimizer over the whole bucket, run fused or foreach."""
 
@@ -346,30 +368,33 @@ class PerParamBucket(Bucket):
 
     def __init__(self, constructor: Callable[..., Optimizer], group: Group):
         super().__init__(constructor, group)
-        self.optimizers: dict[Tensor, Optimizer] = {}
+        self.optimizers: dict[int, Optimizer] = {}  # by id(param)
 
     def add(self, param: Tensor) -> None:
         super().add(param)
-        self.optimizers[param] = self.constructor([param], **self.group)
+        self.optimizers[id(param)] = self.constructor([param], **self.group)
 
     def remove(self, param: Tensor) -> None:
         super().remove(param)
-        del self.optimizers[param]
+        del self.optimizers[id(param)]
+
+    def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Any: an optimizer pyroopt does not know may take arguments of its own."""
 
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
         for p in params:
-            self.optimizers[p].step(*args, **kwargs)
+            self.optimizers[id(p)].step(*args, **kwargs)
 
     def state_dict(self, param: Tensor) -> dict[str, Any]:
-        optimizer = self.optimizers[param]
+        optimizer = self.optimizers[id(param)]
         state = optimizer.state_dict()
         return one_param_state(_snapshot(state["state"].get(0, {})), hyperparameters(optimizer))
 
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
-        self.optimizers[param].load_state_dict(dict(state_dict))
+        self.optimizers[id(param)].load_state_dict(dict(state_dict))
 
     def lr(self, param: Tensor) -> float:
-        return float(self.optimizers[param].param_groups[0]["lr"])
+        return float(self.optimizers[id(param)].param_groups[0]["lr"])
 
 
 def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:

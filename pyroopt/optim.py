@@ -191,6 +191,9 @@ class PyroOptim(pyro.optim.PyroOptim):
                 members[slot.bucket] = [slot.param]
             else:
                 bucket_params.append(slot.param)
+        if args or kwargs:
+            for bucket in members:
+                bucket.check_step_args(args, kwargs)
         self._clip(stepped)
         for bucket in self._buckets.values():
             bucket_params = members.get(bucket)

@@ -346,3 +346,20 @@ def test_no_warnings_on_plain_use():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(lambda: pyroopt.Adam({"lr": 0.1}), 3)
+
+
+def test_closure_is_passed_to_the_step():
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        return torch.tensor(1.0)
+
+    for name in ("Adam", "NAdam"):  # a pyroopt rule and a torch optimizer
+        fresh_store()
+        optim = getattr(pyroopt, name)({"lr": 0.1})
+        optim(Program().params_at(0), closure)
+        assert calls and all(calls)
+        calls.clear()
+        with pytest.raises(TypeError, match="closure"):
+            optim(Program().params_at(1), closure, 3)
