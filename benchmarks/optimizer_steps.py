@@ -48,19 +48,25 @@ class OptimizerSpec:
     args: dict[str, Any]
 
 
+def pyro_factory(name: str) -> OptimFactory:
+    """``pyro.optim.<name>``; pyro.optim defines these names in a loop, unseen by mypy."""
+    factory: OptimFactory = getattr(pyro.optim, name)
+    return factory
+
+
 def optimizer_specs() -> list[OptimizerSpec]:
     """The optimizers benchmarked, with the hyperparameters every column uses."""
     return [
-        OptimizerSpec("Adam", pyro.optim.Adam, pyroopt.Adam, torch.optim.Adam, {"lr": 1e-3}),
+        OptimizerSpec("Adam", pyro_factory("Adam"), pyroopt.Adam, torch.optim.Adam, {"lr": 1e-3}),
         OptimizerSpec(
             "SGD momentum=0.9",
-            pyro.optim.SGD,
+            pyro_factory("SGD"),
             pyroopt.SGD,
             torch.optim.SGD,
             {"lr": 1e-3, "momentum": 0.9},
         ),
         OptimizerSpec(
-            "RMSprop", pyro.optim.RMSprop, pyroopt.RMSprop, torch.optim.RMSprop, {"lr": 1e-3}
+            "RMSprop", pyro_factory("RMSprop"), pyroopt.RMSprop, torch.optim.RMSprop, {"lr": 1e-3}
         ),
         OptimizerSpec(
             "ClippedAdam",
@@ -117,7 +123,8 @@ def _store_params(prefix: str, problem: Problem) -> list[Tensor]:
     """The problem's parameters registered in Pyro's param store, as SVI passes them."""
     params = []
     for i, (value, grad) in enumerate(zip(problem.values, problem.grads, strict=True)):
-        param = pyro.param(f"{prefix}.{i}", value.clone()).unconstrained()
+        constrained = pyro.param(f"{prefix}.{i}", value.clone())
+        param = constrained.unconstrained()  # type: ignore[attr-defined]  # set by pyro.param
         param.grad = grad.clone()
         params.append(param)
     return params

@@ -24,10 +24,12 @@ import pyro.optim
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from pyro.params.param_store import StateDict
 from torch import Tensor
 
 import pyroopt
 from benchmarks.columns import Built, ColumnResult, Entry, run_columns
+from benchmarks.optimizer_steps import pyro_factory
 from benchmarks.timing import Case, Plan
 
 N_SITES = 100
@@ -64,7 +66,7 @@ class NoStep(pyro.optim.PyroOptim):
 
 def _svi_column(make_optim: Callable[[], pyro.optim.PyroOptim], data: Tensor, seed: int) -> Built:
     """An SVI over :func:`model` and ``AutoNormal`` in a param store scope of its own."""
-    state: dict[str, Any] = {"params": {}, "constraints": {}}
+    state: StateDict = {"params": {}, "constraints": {}}
 
     def scope() -> AbstractContextManager[object]:
         return pyro.get_param_store().scope(state)
@@ -93,7 +95,7 @@ def time_svi(plan: Plan, seed: int) -> SviResult:
     """Time ``svi.step()`` with pyro.optim.Adam, pyroopt.Adam and no optimizer step."""
     data = make_data(seed)
     optims: tuple[tuple[str, str, Callable[[], pyro.optim.PyroOptim]], ...] = (
-        ("pyro_optim", "pyro.optim.Adam", lambda: pyro.optim.Adam(dict(ADAM_ARGS))),
+        ("pyro_optim", "pyro.optim.Adam", lambda: pyro_factory("Adam")(dict(ADAM_ARGS))),
         ("pyroopt", "pyroopt.Adam", lambda: pyroopt.Adam(dict(ADAM_ARGS))),
         ("no_step", "no optimizer step", NoStep),
     )
