@@ -108,11 +108,13 @@ def run_pair(cls, args, *, mixed, steps=24):
 
 
 @pytest.mark.parametrize("cls,args", CONFIGS, ids=IDS)
-@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
+@pytest.mark.parametrize("layout", ["flat", "per-tensor", "pieces"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
 @pytest.mark.parametrize("mixed", [False, True], ids=["uniform", "mixed-steps"])
-def test_rule_matches_torch(monkeypatch, cls, args, flat, fused, mixed):
-    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
+def test_rule_matches_torch(monkeypatch, cls, args, layout, fused, mixed):
+    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
+    if layout == "pieces":  # cut (2, 4) parameters into slices, batch the small ones
+        monkeypatch.setattr(engine, "CHAIN_PIECE_NUMEL", 3)
     if not fused:
         monkeypatch.setattr(engine, "_get_fused_kernels_supported_devices", lambda: [])
     for step, ours, theirs in run_pair(cls, args, mixed=mixed):

@@ -41,6 +41,8 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 
 class AdamRule(UpdateRule):
+    has_fused = True
+
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
         self.torch_class = torch.optim.AdamW if decoupled else torch.optim.Adam

@@ -36,6 +36,11 @@ class UpdateRule(ABC):
     torch_class: type[Optimizer]
     #: whether torch keeps a ``"step"`` entry in this optimizer's per-parameter state
     saves_step: bool = True
+    #: whether :meth:`fused_update` can run (a torch fused kernel computes this rule)
+    has_fused: bool = False
+    #: whether gathering many small gradients into one flat buffer (and scattering the
+    #: update back) costs less than running the fused kernel on each tensor
+    gather_pays_off: bool = True
 
     def supports(self, group: Mapping[str, Any]) -> bool:
         """Whether the rule computes exactly what ``torch_class`` would for ``group``."""
