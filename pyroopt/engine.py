@@ -29,8 +29,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_scalar_dtype
 
-from pyroopt.kernels import IMPLEMENTATION_ARGS, RULES, UpdateRule
+from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
+from pyroopt.registry import group_rule, is_group_safe, rule_for
 
 Group = dict[str, Any]
 
@@ -123,7 +124,24 @@ class Bucket(ABC):
         """Set ``param``'s state from pyro.optim's per-parameter format."""
 
     def lr(self, param: Tensor) -> float:
-        return float(self.group["lr"])
+        return float(self.current_group()["lr"])
+
+    def current_group(self) -> Group:
+        """The hyperparameters as they are now (a schedule or ``lrd`` may move ``lr``)."""
+        return self.group
+
+    def advances_group(self) -> bool:
+        """Whether each step changes the hyperparameters of the parameters it steps.
+
+        Then a call that passes only some of the bucket's parameters must first split
+        them off into a bucket of their own, or the others would change with them.
+        """
+        rule = group_rule(self.constructor)
+        return rule is not None and rule.advances_group(self.current_group())
+
+    def key(self) -> Hashable:
+        """A new parameter whose :func:`bucket_key` equals this may join the bucket."""
+        return bucket_key(self.constructor, self.current_group(), self.params[0])
 
 
 class RuleBucket(Bucket):
@@ -193,6 +211,7 @@ class RuleBucket(Bucket):
             # Once per bucket: torch optimizers evaluate the closure before updating.
             with torch.enable_grad():
                 closure()
+        self.rule.advance_group(self.group)  # even for parameters without a gradient
         grads = [p.grad for p in params]
         if any(g is None for g in grads):
             params = [p for p in params if p.grad is not None]
@@ -274,9 +293,13 @@ class RuleBucket(Bucket):
     def state_dict(self, param: Tensor) -> dict[str, Any]:
         step = self.steps[self.index[id(param)]]
         state: ParamState = {}
-        if step > 0:
+        if step > 0 or self.rule.state_before_first_step:
             if self.rule.saves_step:
-                state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                state["step"] = (
+                    torch.tensor(float(step), dtype=_get_scalar_dtype())
+                    if self.rule.step_as_tensor
+                    else step
+                )
             state.update(_snapshot(self._state_views(param)))
         return one_param_state(state, self.group)
 
@@ -425,9 +448,8 @@ class TorchBucket(Bucket):
         scratch.load_state_dict(_with_group(state_dict, self._run_args()))
         self.optimizer.state[param] = scratch.state[param]
 
-    def lr(self, param: Tensor) -> float:
-        assert self.optimizer is not None
-        return float(self.optimizer.param_groups[0]["lr"])
+    def current_group(self) -> Group:
+        return self._public_group()
 
 
 class PerParamBucket(Bucket):
@@ -463,6 +485,9 @@ class PerParamBucket(Bucket):
     def lr(self, param: Tensor) -> float:
         return float(self.optimizers[id(param)].param_groups[0]["lr"])
 
+    def advances_group(self) -> bool:
+        return False  # each parameter has an optimizer of its own
+
 
 def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:
     """``state_dict`` with its one param group's hyperparameters replaced by ``group``."""
@@ -480,16 +505,6 @@ def _accepts(constructor: Callable[..., Any], name: str) -> bool:
         return name in inspect.signature(constructor).parameters
     except (TypeError, ValueError):
         return False
-
-
-def is_torch_builtin(constructor: Any) -> bool:
-    """A torch optimizer class whose hyperparameters never change inside ``step``."""
-    return (
-        isinstance(constructor, type)
-        and issubclass(constructor, Optimizer)
-        and constructor.__module__.startswith("torch.optim")
-        and constructor is not torch.optim.LBFGS
-    )
 
 
 def fastest_torch_implementation(
@@ -518,11 +533,11 @@ def fastest_torch_implementation(
 
 def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tensor) -> Bucket:
     """The fastest bucket that computes what ``constructor(**group)`` computes."""
-    rule = RULES.get(constructor) if isinstance(constructor, type) else None
+    rule = rule_for(constructor)
     user_chose = group.get("foreach") is not None or group.get("fused") is not None
     if rule is not None and not user_chose and rule.supports(group) and param.is_floating_point():
         return RuleBucket(constructor, group, rule)
-    if is_torch_builtin(constructor):
+    if is_group_safe(constructor):
         return TorchBucket(
             constructor, group, fastest_torch_implementation(constructor, group, param)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from pyroopt import optimizers
 from pyroopt.optim import ArgsSpec, PyroOptim
 
 
@@ -176,35 +177,31 @@ def SparseAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroO
     return PyroOptim(_torch_optimizer("SparseAdam"), optim_args, clip_args)
 
 
-# Pyro's own optimizers. Until pyroopt's kernels for them land, their pyro-ppl classes
-# run with one optimizer per parameter, exactly as in pyro.optim.
+# Pyro's own optimizers, on pyroopt's kernels (same arguments and numbers as pyro-ppl's).
 
 
 def ClippedAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Pyro's :class:`~pyro.optim.clipped_adam.ClippedAdam` for every parameter.
+    """Adam with elementwise gradient clamping and lr decay, for every parameter.
 
+    Wraps :class:`pyroopt.optimizers.ClippedAdam` (pyro's ClippedAdam, on flat buffers).
     Example: ``pyroopt.ClippedAdam({"lr": 0.01, "clip_norm": 10.0, "lrd": 0.999})``
     """
-    from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
-
-    return PyroOptim(PyroClippedAdam, optim_args, clip_args)
+    return PyroOptim(optimizers.ClippedAdam, optim_args, clip_args)
 
 
 def AdagradRMSProp(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Pyro's :class:`~pyro.optim.adagrad_rmsprop.AdagradRMSProp` for every parameter.
+    """Pyro's Adagrad/RMSprop hybrid (ADVI's step-size schedule), for every parameter.
 
+    Wraps :class:`pyroopt.optimizers.AdagradRMSProp`.
     Example: ``pyroopt.AdagradRMSProp({"eta": 1.0, "t": 0.1})``
     """
-    from pyro.optim.adagrad_rmsprop import AdagradRMSProp as PyroAdagradRMSProp
-
-    return PyroOptim(PyroAdagradRMSProp, optim_args, clip_args)
+    return PyroOptim(optimizers.AdagradRMSProp, optim_args, clip_args)
 
 
 def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
-    """Pyro's :class:`~pyro.optim.dct_adam.DCTAdam` for every parameter.
+    """ClippedAdam with frequency-domain moments for time-series parameters.
 
-    Example: ``pyroopt.DCTAdam({"lr": 0.01})``
+    Wraps :class:`pyroopt.optimizers.DCTAdam`.
+    Example: ``pyroopt.DCTAdam({"lr": 0.01, "subsample_aware": True})``
     """
-    from pyro.optim.dct_adam import DCTAdam as PyroDCTAdam
-
-    return PyroOptim(PyroDCTAdam, optim_args, clip_args)
+    return PyroOptim(optimizers.DCTAdam, optim_args, clip_args)

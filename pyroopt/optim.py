@@ -151,7 +151,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         # Keyed by id(param): Tensor.__hash__ is a Python call, id() is not, and the slot
         # holds the tensor, so its id cannot be reused while the entry exists.
         self._slots: dict[int, _Slot] = {}
-        self._buckets: dict[Hashable, Bucket] = {}
+        self._buckets: list[Bucket] = []  # in creation order, which is stepping order
+        self._bucket_index: dict[Hashable, Bucket] = {}  # by key; checked on use
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
         self._last_norms: dict[int, Tensor] = {}
         self._last_global_norm: Tensor | None = None
@@ -194,8 +195,11 @@ class PyroOptim(pyro.optim.PyroOptim):
         if args or kwargs:
             for bucket in members:
                 bucket.check_step_args(args, kwargs)
+        for bucket, bucket_params in list(members.items()):
+            if len(bucket_params) < len(bucket.params) and bucket.advances_group():
+                members[self._split(bucket, bucket_params)] = members.pop(bucket)
         self._clip(stepped)
-        for bucket in self._buckets.values():
+        for bucket in self._buckets:
             bucket_params = members.get(bucket)
             if bucket_params:
                 bucket.step(bucket.order(bucket_params), *args, **kwargs)
@@ -238,7 +242,7 @@ class PyroOptim(pyro.optim.PyroOptim):
                 )
             group.update(saved)
         key = bucket_key(self._constructor, group, p)
-        bucket = self._buckets.get(key)
+        bucket = self._find_bucket(key)
         if bucket is None:
             bucket = make_bucket(self._constructor, group, p)
         bucket.add(p)
@@ -248,8 +252,36 @@ class PyroOptim(pyro.optim.PyroOptim):
             except Exception:
                 bucket.remove(p)
                 raise
-        self._buckets.setdefault(key, bucket)
+        if bucket not in self._buckets:
+            self._buckets.append(bucket)
+            self._bucket_index[key] = bucket
         return bucket
+
+    def _find_bucket(self, key: Hashable) -> Bucket | None:
+        """The bucket a parameter with ``key`` joins, if one exists."""
+        bucket = self._bucket_index.get(key)
+        if bucket is not None and bucket.params and bucket.key() == key:
+            return bucket
+        # Hyperparameters move (lrd, schedules, set_state): index the buckets afresh.
+        self._bucket_index = {b.key(): b for b in self._buckets if b.params}
+        return self._bucket_index.get(key)
+
+    def _split(self, bucket: Bucket, params: list[Tensor]) -> Bucket:
+        """Move ``params`` out of ``bucket`` into a new bucket with the same hyperparameters.
+
+        Needed before a step that changes the hyperparameters of only the parameters it
+        steps (ClippedAdam's ``lrd``): pyro.optim decays each parameter's lr on its own.
+        """
+        group = dict(bucket.current_group())
+        moved = make_bucket(self._constructor, group, params[0])
+        for p in params:
+            state = bucket.state_dict(p)
+            bucket.remove(p)
+            moved.add(p)
+            moved.load_state_dict(p, state)
+            self._slots[id(p)].bucket = moved
+        self._buckets.insert(self._buckets.index(bucket) + 1, moved)
+        return moved
 
     def _call_per_param(
         self, fn: Callable[..., Any], arity: int, name: str | None, what: str
@@ -397,7 +429,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._drop_empty_buckets()
 
     def _drop_empty_buckets(self) -> None:
-        self._buckets = {k: b for k, b in self._buckets.items() if b.params}
+        self._buckets = [b for b in self._buckets if b.params]
 
     def save(self, filename: str | os.PathLike[str]) -> None:
         """Write :meth:`get_state` to ``filename`` atomically, in pyro.optim's format."""

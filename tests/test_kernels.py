@@ -6,11 +6,13 @@ import itertools
 
 import pytest
 import torch
+from pyro.optim.adagrad_rmsprop import AdagradRMSProp as PyroAdagradRMSProp
+from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
 from torch.testing import assert_close
 
-from pyroopt import engine
+from pyroopt import engine, optimizers
 from pyroopt.engine import RuleBucket, full_group
-from pyroopt.kernels import RULES
+from pyroopt.registry import RULES
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -58,6 +60,27 @@ CONFIGS = [
         },
     ),
 ]
+CONFIGS += [
+    (torch.optim.Rprop, {"lr": 0.01}),
+    (
+        torch.optim.Rprop,
+        {"lr": 0.05, "etas": (0.3, 1.5), "step_sizes": (1e-4, 0.1), "maximize": True},
+    ),
+    *_combos(
+        optimizers.ClippedAdam,
+        {
+            "lr": [0.05],
+            "clip_norm": [10.0, 0.3],
+            "lrd": [1.0, 0.97],
+            "weight_decay": [0.0, 0.1],
+            "centered_variance": [False, True],
+        },
+    ),
+    (optimizers.AdagradRMSProp, {"eta": 0.5}),
+    (optimizers.AdagradRMSProp, {"eta": 1.0, "t": 0.5, "delta": 0.1}),
+]
+#: what pyroopt's own optimizers must match
+REFERENCE = {optimizers.ClippedAdam: PyroClippedAdam, optimizers.AdagradRMSProp: PyroAdagradRMSProp}
 # nesterov needs momentum > 0 and no dampening in torch
 CONFIGS = [
     (cls, args)
@@ -84,16 +107,24 @@ def run_pair(cls, args, *, mixed, steps=24):
     theirs = {n: v.clone().requires_grad_() for n, v in inits.items()}
     group = full_group(cls, args, ours["a"])
     bucket = RuleBucket(cls, group, RULES[cls])
-    reference = cls([theirs["a"]], **args, foreach=False)
+    reference_cls = REFERENCE.get(cls, cls)
+    if reference_cls is cls:
+        args = {**args, "foreach": False}
+    reference = reference_cls([theirs["a"]], **args)
+
+    def join(name):
+        bucket.add(ours[name])
+        if name != "a":
+            reference.param_groups[0]["params"].append(theirs[name])
+        if reference_cls is PyroAdagradRMSProp:  # it creates state in __init__ only
+            reference.state[theirs[name]] = {"step": 0, "sum": torch.zeros_like(theirs[name])}
+
     for name in SHAPES:
         if name != "late":
-            bucket.add(ours[name])
-            if name != "a":
-                reference.param_groups[0]["params"].append(theirs[name])
+            join(name)
     for step in range(steps):
         if mixed and step == 6:
-            bucket.add(ours["late"])
-            reference.param_groups[0]["params"].append(theirs["late"])
+            join("late")
         for i, name in enumerate(SHAPES):
             for params in (ours, theirs):
                 p = params[name]

@@ -7,12 +7,14 @@ import warnings
 
 import pyro
 import pyro.optim
+import pyro.optim.clipped_adam
 import pytest
 import torch
 from programs import Program, fresh_store, run
 from torch.testing import assert_close
 
 import pyroopt
+import pyroopt.optimizers
 from pyroopt.engine import PerParamBucket, RuleBucket, TorchBucket
 
 # float64 throughout; fused/foreach kernels round differently from pyro's per-tensor
@@ -165,25 +167,32 @@ def test_only_passed_parameters_move():
     assert optim.get_state()["a"]["state"][0]["step"].item() == 2
 
 
+class UserAdam(torch.optim.Adam):
+    """An optimizer pyroopt knows nothing about: it may change its groups in step."""
+
+
 @pytest.mark.parametrize(
-    "name,args,kind",
+    "constructor,args,kind",
     [
-        ("Adam", {"lr": 0.1}, RuleBucket),
-        ("Adam", {"lr": 0.1, "foreach": True}, TorchBucket),
-        ("Adam", {"lr": 0.1, "fused": True}, TorchBucket),
-        ("Adam", {"lr": 0.1, "foreach": False}, TorchBucket),
-        ("NAdam", {"lr": 0.1}, TorchBucket),
-        ("ClippedAdam", {"lr": 0.1}, PerParamBucket),
+        (torch.optim.Adam, {"lr": 0.1}, RuleBucket),
+        (torch.optim.Adam, {"lr": 0.1, "foreach": True}, TorchBucket),
+        (torch.optim.Adam, {"lr": 0.1, "fused": True}, TorchBucket),
+        (torch.optim.Adam, {"lr": 0.1, "foreach": False}, TorchBucket),
+        (torch.optim.NAdam, {"lr": 0.1}, TorchBucket),
+        (pyroopt.optimizers.ClippedAdam, {"lr": 0.1}, RuleBucket),
+        (pyro.optim.clipped_adam.ClippedAdam, {"lr": 0.1}, RuleBucket),
+        (pyroopt.optimizers.DCTAdam, {"lr": 0.1}, TorchBucket),
+        (UserAdam, {"lr": 0.1}, PerParamBucket),
     ],
 )
-def test_engine_picks_the_bucket_and_honours_user_choice(name, args, kind):
+def test_engine_picks_the_bucket_and_honours_user_choice(constructor, args, kind):
     fresh_store()
-    optim = getattr(pyroopt, name)(args)
+    optim = pyroopt.PyroOptim(constructor, args)
     run(lambda: optim, 3)
     buckets = {type(s.bucket) for s in optim._slots.values()}
     assert buckets == {kind}
     if kind is TorchBucket:
-        group = next(iter(optim._buckets.values())).optimizer.param_groups[0]
+        group = optim._buckets[0].optimizer.param_groups[0]
         for key in ("foreach", "fused"):
             if key in args:
                 assert group[key] is args[key]

@@ -59,3 +59,20 @@ def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> Non
         torch._foreach_add_(xs, ratio)
     else:
         torch._foreach_addcdiv_(xs, ys, zs, value)  # type: ignore[arg-type]
+
+
+def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
+    """``x += value * y * z`` elementwise, for every coefficient form."""
+    if isinstance(value, float):
+        torch._foreach_addcmul_(xs, ys, zs, value)
+    elif value and isinstance(value[0], Tensor):
+        product = torch._foreach_mul(ys, zs)
+        torch._foreach_mul_(product, value)
+        torch._foreach_add_(xs, product)
+    else:
+        torch._foreach_addcmul_(xs, ys, zs, value)  # type: ignore[arg-type]
+
+
+def mul_(xs: TensorList, value: Coef) -> None:
+    """``x *= value`` elementwise, for every coefficient form."""
+    torch._foreach_mul_(xs, value)

@@ -45,7 +45,6 @@ class AdamRule(UpdateRule):
 
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
-        self.torch_class = torch.optim.AdamW if decoupled else torch.optim.Adam
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys = ("exp_avg", "exp_avg_sq")

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from pyroopt.kernels._coef import Coef, TensorList
 
@@ -29,13 +28,17 @@ class UpdateRule(ABC):
     (1 on a parameter's first step) and ``coef`` turns per-parameter values into a
     coefficient of the right form (see :mod:`pyroopt.kernels._coef`).
 
-    ``torch_class`` is the torch optimizer whose hyperparameters, numerics and state
-    format the rule follows, so that state dicts interoperate with it.
+    A rule follows the hyperparameters, numerics and state format of the optimizer
+    class it stands for (:mod:`pyroopt.registry` says which), so that state dicts
+    interoperate with it.
     """
 
-    torch_class: type[Optimizer]
-    #: whether torch keeps a ``"step"`` entry in this optimizer's per-parameter state
+    #: whether the optimizer keeps a ``"step"`` entry in its per-parameter state
     saves_step: bool = True
+    #: whether that step is a tensor (torch's optimizers) or an int (pyro's)
+    step_as_tensor: bool = True
+    #: whether the optimizer holds state for a parameter before its first step
+    state_before_first_step: bool = False
     #: whether :meth:`fused_update` can run (a torch fused kernel computes this rule)
     has_fused: bool = False
     #: whether gathering many small gradients into one flat buffer (and scattering the
@@ -43,7 +46,7 @@ class UpdateRule(ABC):
     gather_pays_off: bool = True
 
     def supports(self, group: Mapping[str, Any]) -> bool:
-        """Whether the rule computes exactly what ``torch_class`` would for ``group``."""
+        """Whether the rule computes exactly what its optimizer class would for ``group``."""
         return (
             not group.get("foreach")
             and not group.get("fused")
@@ -71,6 +74,14 @@ class UpdateRule(ABC):
         coef: CoefFn,
     ) -> None:
         """Update ``params`` and ``state`` in place. ``grads`` may be modified."""
+
+    def advances_group(self, group: Mapping[str, Any]) -> bool:
+        """Whether every call of ``step`` changes ``group`` (e.g. ClippedAdam's ``lrd``)."""
+        return False
+
+    def advance_group(self, group: dict[str, Any]) -> None:
+        """Change ``group`` as one call of the optimizer's ``step`` does, before updating."""
+        return None  # most optimizers never change their hyperparameters
 
     def fused_update(
         self,

@@ -24,8 +24,6 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 
 class RMSpropRule(UpdateRule):
-    torch_class = torch.optim.RMSprop
-
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys: tuple[str, ...] = ("square_avg",)
         if group["momentum"] > 0:

@@ -24,7 +24,6 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 
 class SGDRule(UpdateRule):
-    torch_class = torch.optim.SGD
     saves_step = False
     has_fused = True
     # Fused SGD is so cheap per tensor that the gather and scatter of 1000 small

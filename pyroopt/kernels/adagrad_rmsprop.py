@@ -1,0 +1,51 @@
+r"""Pyro's AdagradRMSProp: Adagrad's step-size schedule with an RMSprop-style average.
+
+For each parameter at its own step :math:`t` (Kucukelbir et al., 2016, ADVI):
+
+.. math::
+
+    s &\leftarrow \begin{cases} g^2 & t = 1 \\ (1-\tau) s + \tau g^2 & t > 1\end{cases},
+    \qquad
+    \theta \leftarrow \theta - \eta\, t^{-1/2 + \delta}\, \frac{g}{1 + \sqrt{s}}
+
+with ``eta`` :math:`\eta`, ``t`` :math:`\tau` and ``delta`` :math:`\delta`. The numbers
+are those of :class:`pyro.optim.adagrad_rmsprop.AdagradRMSProp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from pyroopt.kernels._coef import TensorList, addcdiv_, addcmul_, mul_
+from pyroopt.kernels.base import CoefFn, UpdateRule
+
+
+class AdagradRMSPropRule(UpdateRule):
+    step_as_tensor = False  # pyro keeps an int
+    state_before_first_step = True  # pyro creates it with the optimizer
+
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("sum",)
+
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        return False
+
+    def update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        sums, tau = state["sum"], group["t"]
+        mul_(sums, coef([1.0 - tau if t > 1 else 0.0 for t in steps]))
+        addcmul_(sums, grads, grads, coef([tau if t > 1 else 1.0 for t in steps]))
+        denom = torch._foreach_sqrt(sums)
+        torch._foreach_add_(denom, 1.0)
+        neg_lr = coef([-(group["eta"] * t ** (-0.5 + group["delta"])) for t in steps])
+        addcdiv_(params, grads, denom, neg_lr)

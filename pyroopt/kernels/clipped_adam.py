@@ -1,0 +1,73 @@
+r"""Pyro's ClippedAdam: Adam with elementwise gradient clamping and learning-rate decay.
+
+For each parameter at its own step :math:`t`, with :math:`c` = ``clip_norm``:
+
+.. math::
+
+    g &\leftarrow \operatorname{clamp}(g, -c, c) + \lambda\theta, \qquad
+    m \leftarrow \beta_1 m + (1-\beta_1) g, \\
+    v &\leftarrow \beta_2 v + (1-\beta_2)\, r^2, \quad
+        r = g - m \text{ if centered\_variance else } g, \\
+    \theta &\leftarrow \theta - \mathrm{lr}\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+        \frac{m}{\sqrt v + \epsilon}
+
+and ``lr`` is multiplied by ``lrd`` on every call of the optimizer, before the update.
+Despite its name, ``clip_norm`` bounds each gradient *element*, not a norm. The numbers
+are those of :class:`pyro.optim.clipped_adam.ClippedAdam`; unlike it, pyroopt does not
+clamp ``param.grad`` in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from pyroopt.kernels._coef import TensorList, addcdiv_
+from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.weight_decay import directed_grads
+
+
+class ClippedAdamRule(UpdateRule):
+    step_as_tensor = False  # pyro keeps an int
+
+    def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def reads_params(self, group: Mapping[str, Any]) -> bool:
+        return group["weight_decay"] != 0
+
+    def advances_group(self, group: Mapping[str, Any]) -> bool:
+        return group["lrd"] != 1
+
+    def advance_group(self, group: dict[str, Any]) -> None:
+        group["lr"] *= group["lrd"]
+
+    def update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+        coef: CoefFn,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        lr, clip = group["lr"], group["clip_norm"]
+        grads = torch._foreach_clamp_min(grads, -clip)
+        torch._foreach_clamp_max_(grads, clip)
+        grads = directed_grads(
+            params, grads, maximize=False, weight_decay=group["weight_decay"], mode="l2", lr=lr
+        )
+        exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        spread = torch._foreach_sub(grads, exp_avgs) if group["centered_variance"] else grads
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, spread, spread, 1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, group["eps"])
+        neg_step_size = coef([-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps])
+        addcdiv_(params, exp_avgs, denom, neg_step_size)
