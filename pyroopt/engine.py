@@ -20,8 +20,10 @@ Three kinds, fastest first (:func:`make_bucket` picks):
 from __future__ import annotations
 
 import inspect
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -29,11 +31,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_scalar_dtype
 
+from pyroopt.flat import FlatLayout
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.registry import group_rule, is_group_safe, rule_for
 
 Group = dict[str, Any]
+_IS_SPARSE = operator.attrgetter("is_sparse")
 
 #: Up to this many elements per parameter on average, a bucket gathers its gradients
 #: into one flat buffer (one ``_foreach_copy_``) and runs the update there; larger
@@ -186,21 +190,22 @@ class RuleBucket(Bucket):
         if (self._layout_params is self.params and not self._loose) or not self.params:
             return
         first = self.params[0]
-        self.sizes = torch.tensor([p.numel() for p in self.params], device=first.device)
-        self.numel = int(sum(p.numel() for p in self.params))
-        shapes = [p.shape for p in self.params]
+        self.flat = layout = FlatLayout([p.shape for p in self.params])
+        self.sizes = torch.tensor(layout.numels, device=first.device)
+        self.numel = layout.numel
 
-        def flat_with_views() -> tuple[Tensor, list[Tensor]]:
-            flat = torch.zeros(self.numel, dtype=first.dtype, device=first.device)
-            chunks = flat.split([p.numel() for p in self.params])
-            return flat, [c.view(s) for c, s in zip(chunks, shapes, strict=True)]
+        def zeros() -> Tensor:
+            return torch.zeros(self.numel, dtype=first.dtype, device=first.device)
 
         old = {p: self._state_views(p) for p in self.params}
         for k in self.keys:
-            self._flat[k], self._views[k] = flat_with_views()
+            self._flat[k] = zeros()
+            self._views[k] = layout.views(self._flat[k])
             torch._foreach_copy_(self._views[k], [old[p][k] for p in self.params])
-        self._grad, self._grad_views = flat_with_views()
-        self._work, self._work_views = flat_with_views()
+        self._grad = zeros()
+        self._grad_target = layout.target(self._grad)
+        self._work = zeros()
+        self._work_target = layout.target(self._work)
         self._loose = {}
         self._layout_params = self.params
 
@@ -213,12 +218,12 @@ class RuleBucket(Bucket):
                 closure()
         self.rule.advance_group(self.group)  # even for parameters without a gradient
         grads = [p.grad for p in params]
-        if any(g is None for g in grads):
+        if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
             params = [p for p in params if p.grad is not None]
             grads = [p.grad for p in params]
             if not params:
                 return
-        if any(g.is_sparse for g in grads):  # type: ignore[union-attr]
+        if any(map(_IS_SPARSE, grads)):
             raise ValueError(
                 f"{self.constructor.__name__} does not support sparse gradients; "
                 "use pyroopt.SparseAdam for parameters with sparse gradients"
@@ -241,10 +246,10 @@ class RuleBucket(Bucket):
         # and a fused kernel can update the whole flat buffer in one pass.
         uniform = min(self.steps) == max(self.steps)
         steps = self.steps[:1] if uniform else self.steps
-        torch._foreach_copy_(self._grad_views, grads)
+        self.flat.gather(grads, self._grad_target)
         reads = self.rule.reads_params(self.group)
         if reads:
-            torch._foreach_copy_(self._work_views, self.params)
+            self.flat.gather(self.params, self._work_target)
         else:
             self._work.zero_()
         state = {k: [self._flat[k]] for k in self.keys}
@@ -256,9 +261,9 @@ class RuleBucket(Bucket):
         if not (uniform and self._fuse([self._work], [self._grad], state, steps)):
             self.rule.update([self._work], [self._grad], state, steps, self.group, coef)
         if reads:
-            torch._foreach_copy_(self.params, self._work_views)
+            torch._foreach_copy_(self.params, self._work_target.views)
         else:
-            torch._foreach_add_(self.params, self._work_views)
+            torch._foreach_add_(self.params, self._work_target.views)
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
         rows = [self.index[id(p)] for p in live]

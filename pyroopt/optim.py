@@ -6,7 +6,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.optim
@@ -64,6 +64,15 @@ class _Slot:
         self.name = name
         self.bucket = bucket
         self.clip = clip
+
+
+class _Plan(NamedTuple):
+    """How one call's parameters are stepped: see :meth:`PyroOptim._make_plan`."""
+
+    ids: frozenset[int]
+    layout: int
+    slots: list[_Slot]
+    steps: list[tuple[Bucket, list[Tensor]]]
 
 
 class PyroOptim(pyro.optim.PyroOptim):
@@ -154,6 +163,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._buckets: list[Bucket] = []  # in creation order, which is stepping order
         self._bucket_index: dict[Hashable, Bucket] = {}  # by key; checked on use
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
+        self._layout = 0  # bumped whenever a parameter joins, leaves or changes bucket
+        self._plan: _Plan | None = None
         self._last_norms: dict[int, Tensor] = {}
         self._last_global_norm: Tensor | None = None
 
@@ -171,7 +182,24 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"{type(params).__name__}"
             )
         params = list(params)
-        if len({id(p) for p in params}) != len(params):
+        ids = frozenset(map(id, params))
+        plan = self._plan
+        if plan is None or plan.ids != ids or plan.layout != self._layout:
+            plan = self._plan = self._make_plan(params, ids)
+        if args or kwargs:
+            for bucket, _ in plan.steps:
+                bucket.check_step_args(args, kwargs)
+        self._clip(plan.slots)
+        for bucket, bucket_params in plan.steps:
+            bucket.step(bucket_params, *args, **kwargs)
+
+    def _make_plan(self, params: list[Tensor], ids: frozenset[int]) -> _Plan:
+        """Which buckets step which parameters, for a call passing ``params``.
+
+        SVI passes the same parameters on every step, so the plan is kept and reused
+        while neither the set of parameters nor the buckets change.
+        """
+        if len(ids) != len(params):
             params = list({id(p): p for p in params}.values())  # each parameter steps once
         slots = self._slots
         stepped: list[_Slot] = []
@@ -187,22 +215,12 @@ class PyroOptim(pyro.optim.PyroOptim):
         stepped.extend(self._discover(p) for p in new)
         members: dict[Bucket, list[Tensor]] = {}
         for slot in stepped:
-            bucket_params = members.get(slot.bucket)
-            if bucket_params is None:
-                members[slot.bucket] = [slot.param]
-            else:
-                bucket_params.append(slot.param)
-        if args or kwargs:
-            for bucket in members:
-                bucket.check_step_args(args, kwargs)
+            members.setdefault(slot.bucket, []).append(slot.param)
         for bucket, bucket_params in list(members.items()):
             if len(bucket_params) < len(bucket.params) and bucket.advances_group():
                 members[self._split(bucket, bucket_params)] = members.pop(bucket)
-        self._clip(stepped)
-        for bucket in self._buckets:
-            bucket_params = members.get(bucket)
-            if bucket_params:
-                bucket.step(bucket.order(bucket_params), *args, **kwargs)
+        steps = [(b, b.order(members[b])) for b in self._buckets if b in members]
+        return _Plan(ids, self._layout, stepped, steps)
 
     @staticmethod
     def _check_new_param(p: Any) -> None:
@@ -245,6 +263,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         bucket = self._find_bucket(key)
         if bucket is None:
             bucket = make_bucket(self._constructor, group, p)
+        self._layout += 1
         bucket.add(p)
         if state is not None:
             try:
@@ -272,6 +291,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         Needed before a step that changes the hyperparameters of only the parameters it
         steps (ClippedAdam's ``lrd``): pyro.optim decays each parameter's lr on its own.
         """
+        self._layout += 1
         group = dict(bucket.current_group())
         moved = make_bucket(self._constructor, group, params[0])
         for p in params:
@@ -418,6 +438,7 @@ class PyroOptim(pyro.optim.PyroOptim):
                 self._state_waiting_to_be_consumed[name] = state
                 continue
             p, old = slot.param, slot.bucket
+            self._layout += 1
             snapshot = old.state_dict(p)
             old.remove(p)
             try:

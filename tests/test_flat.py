@@ -1,0 +1,42 @@
+"""FlatLayout: gathers land where the views say, for every mix of shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from pyroopt.flat import FlatLayout
+
+SHAPES = [
+    [(10,)] * 5,
+    [(2, 3), (4, 3), (1, 3), (3,), (), (0,), (2, 2, 2), (5, 2, 2), ()],
+    [(), (), ()],
+    [(0, 4), (3, 4)],
+    [(2, 0), (3, 0), (1,)],
+]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=range(len(SHAPES)))
+def test_gather_places_each_tensor_at_its_view(shapes):
+    torch.manual_seed(0)
+    tensors = [torch.randn(s) for s in shapes]
+    tensors[0] = tensors[0].t() if tensors[0].dim() == 2 else tensors[0]  # non-contiguous too
+    layout = FlatLayout([t.shape for t in tensors])
+    flat = torch.full((layout.numel,), float("nan"))
+    target = layout.target(flat)
+    layout.gather(tensors, target)
+    assert_close(flat, torch.cat([t.reshape(-1) for t in tensors]), rtol=0, atol=0)
+    for view, t in zip(target.views, tensors, strict=True):
+        assert_close(view, t, rtol=0, atol=0)
+        assert view.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+
+
+def test_runs_group_tensors_sharing_trailing_dimensions():
+    layout = FlatLayout([torch.Size(s) for s in [(2, 3), (4, 3), (3,), (5,), (), (2,)]])
+    assert [(r.first, r.stop, r.trailing) for r in layout.runs] == [
+        (0, 2, (3,)),
+        (2, 4, ()),
+        (5, 6, ()),
+    ]
+    assert layout.scalars == [4]
