@@ -95,6 +95,8 @@ class Bucket(ABC):
         self.params: list[Tensor] = []
         #: id(param) -> position in ``params``
         self.index: dict[int, int] = {}
+        #: whether the hyperparameters are still as made (new parameters may join)
+        self.fresh = True
 
     def add(self, param: Tensor) -> None:
         self.index[id(param)] = len(self.params)
@@ -143,9 +145,14 @@ class Bucket(ABC):
         rule = group_rule(self.constructor)
         return rule is not None and rule.advances_group(self.current_group())
 
-    def key(self) -> Hashable:
-        """A new parameter whose :func:`bucket_key` equals this may join the bucket."""
-        return bucket_key(self.constructor, self.current_group(), self.params[0])
+    def schedule_target(self) -> Optimizer:
+        """The torch optimizer whose ``param_groups`` a learning-rate schedule drives."""
+        raise NotImplementedError
+
+    def restore_group(self, group: Mapping[str, Any]) -> None:
+        """Set the hyperparameters to ``group`` (e.g. after a schedule's first step)."""
+        target = self.schedule_target().param_groups[0]
+        target.update({k: v for k, v in group.items() if k not in ("params", *IMPLEMENTATION_ARGS)})
 
 
 class RuleBucket(Bucket):
@@ -162,6 +169,12 @@ class RuleBucket(Bucket):
         self._layout_params: list[Tensor] = []
         self._flat: dict[str, Tensor] = {}
         self._views: dict[str, list[Tensor]] = {}
+        self._target: GroupOptimizer | None = None
+
+    def schedule_target(self) -> Optimizer:
+        if self._target is None:
+            self._target = GroupOptimizer(self.group)
+        return self._target
 
     # -- layout -----------------------------------------------------------------
     def add(self, param: Tensor) -> None:
@@ -217,6 +230,8 @@ class RuleBucket(Bucket):
             with torch.enable_grad():
                 closure()
         self.rule.advance_group(self.group)  # even for parameters without a gradient
+        if self._target is not None:
+            self._target.step()  # tells a schedule the optimizer has stepped
         grads = [p.grad for p in params]
         if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
             params = [p for p in params if p.grad is not None]
@@ -385,6 +400,24 @@ def _transpose(items: list[_Item]) -> Piece:
     )
 
 
+class GroupOptimizer(Optimizer):
+    """A torch optimizer in name only, over one hyperparameter dict of a bucket.
+
+    torch's learning-rate schedulers accept only :class:`~torch.optim.Optimizer`
+    instances and act on their ``param_groups``; this one's single group *is* the
+    bucket's, so a schedule moves the bucket's ``lr`` (or momentum) directly. Its
+    :meth:`step` does nothing: the bucket calls it so that the schedule knows the
+    optimizer has stepped.
+    """
+
+    def __init__(self, group: Group) -> None:
+        super().__init__([torch.zeros(0)], dict(group))
+        self.param_groups = [group]
+
+    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
+        return None
+
+
 def _closure_only(
     constructor: Callable[..., Optimizer], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[[], Any] | None:
@@ -456,6 +489,10 @@ class TorchBucket(Bucket):
     def current_group(self) -> Group:
         return self._public_group()
 
+    def schedule_target(self) -> Optimizer:
+        assert self.optimizer is not None
+        return self.optimizer
+
 
 class PerParamBucket(Bucket):
     """One optimizer per parameter, as pyro.optim builds them, for unknown constructors."""
@@ -492,6 +529,11 @@ class PerParamBucket(Bucket):
 
     def advances_group(self) -> bool:
         return False  # each parameter has an optimizer of its own
+
+    def schedule_target(self) -> Optimizer:
+        if len(self.optimizers) != 1:
+            raise RuntimeError("a schedule drives a bucket of one parameter's optimizer")
+        return next(iter(self.optimizers.values()))
 
 
 def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pyroopt.clip import (
     grad_norms,
     validate_clip_args,
 )
-from pyroopt.engine import Bucket, bucket_key, full_group, make_bucket
+from pyroopt.engine import Bucket, Group, bucket_key, full_group, make_bucket
 
 ArgsSpec = dict[str, Any] | Callable[..., dict[str, Any]]
 
@@ -161,7 +161,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         # holds the tensor, so its id cannot be reused while the entry exists.
         self._slots: dict[int, _Slot] = {}
         self._buckets: list[Bucket] = []  # in creation order, which is stepping order
-        self._bucket_index: dict[Hashable, Bucket] = {}  # by key; checked on use
+        self._fresh: dict[Hashable, Bucket] = {}  # buckets new parameters may join, by key
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
         self._layout = 0  # bumped whenever a parameter joins, leaves or changes bucket
         self._plan: _Plan | None = None
@@ -192,6 +192,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._clip(plan.slots)
         for bucket, bucket_params in plan.steps:
             bucket.step(bucket_params, *args, **kwargs)
+            if bucket.fresh and bucket.advances_group():
+                bucket.fresh = False  # its lr moved: a new parameter would start afresh
 
     def _make_plan(self, params: list[Tensor], ids: frozenset[int]) -> _Plan:
         """Which buckets step which parameters, for a call passing ``params``.
@@ -245,45 +247,69 @@ class PyroOptim(pyro.optim.PyroOptim):
         return slot
 
     def _place(self, p: Tensor, name: str | None, state: Any) -> Bucket:
-        """Put ``p`` in the bucket its hyperparameters (or its saved state's) call for."""
+        """Put ``p`` in the bucket its hyperparameters (or its saved state's) call for.
+
+        A parameter joins only a *fresh* bucket: one whose hyperparameters (and, under a
+        schedule, whose schedule) have not moved since it was made, so that joining it
+        is the same as pyro.optim giving the parameter an optimizer of its own.
+        """
         group = full_group(self._constructor, self._optim_args_for(name), p)
+        saved_group = None
         if state is not None:
-            # Saved hyperparameters win, as in torch's load_state_dict (a scheduler or
-            # ClippedAdam's lrd may have moved lr); newer keys keep their defaults.
-            saved = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
-            foreign = sorted(set(saved) - set(group))
-            if foreign:
-                raise ValueError(
-                    f"the saved state of {name!r} has hyperparameters {foreign} that "
-                    f"{getattr(self.pt_optim_constructor, '__name__', 'this optimizer')} does "
-                    "not take: it was saved by a different optimizer"
-                )
-            group.update(saved)
-        key = bucket_key(self._constructor, group, p)
-        bucket = self._find_bucket(key)
-        if bucket is None:
+            saved_group = self._saved_group(name, group, self._optimizer_state(state))
+            group.update(saved_group)
+        key = (bucket_key(self._constructor, group, p), self._cohort(state))
+        bucket = self._fresh.get(key)
+        created = bucket is None or not bucket.fresh or not bucket.params
+        if created:
             bucket = make_bucket(self._constructor, group, p)
+        assert bucket is not None
         self._layout += 1
         bucket.add(p)
-        if state is not None:
-            try:
-                bucket.load_state_dict(p, state)
-            except Exception:
-                bucket.remove(p)
-                raise
-        if bucket not in self._buckets:
+        try:
+            if created:
+                self._attach(bucket, state)
+                if saved_group is not None:
+                    bucket.restore_group(saved_group)  # a schedule's first step moved lr
+            if state is not None:
+                bucket.load_state_dict(p, self._optimizer_state(state))
+        except Exception:
+            bucket.remove(p)
+            raise
+        if created:
             self._buckets.append(bucket)
-            self._bucket_index[key] = bucket
+            self._fresh[key] = bucket
         return bucket
 
-    def _find_bucket(self, key: Hashable) -> Bucket | None:
-        """The bucket a parameter with ``key`` joins, if one exists."""
-        bucket = self._bucket_index.get(key)
-        if bucket is not None and bucket.params and bucket.key() == key:
-            return bucket
-        # Hyperparameters move (lrd, schedules, set_state): index the buckets afresh.
-        self._bucket_index = {b.key(): b for b in self._buckets if b.params}
-        return self._bucket_index.get(key)
+    def _saved_group(self, name: str | None, group: Group, state: Mapping[str, Any]) -> Group:
+        """The hyperparameters in a saved per-parameter state, checked against ``group``.
+
+        Saved values win, as in torch's ``load_state_dict`` (a schedule or ClippedAdam's
+        ``lrd`` may have moved ``lr``); keys the file lacks keep their defaults.
+        """
+        saved = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+        foreign = sorted(set(saved) - set(group) - {"initial_lr"})
+        if foreign:
+            raise ValueError(
+                f"the saved state of {name!r} has hyperparameters {foreign} that "
+                f"{getattr(self.pt_optim_constructor, '__name__', 'this optimizer')} does "
+                "not take: it was saved by a different optimizer"
+            )
+        return saved
+
+    # Hooks that PyroLRScheduler fills in: what a saved entry holds, which parameters
+    # may share a bucket, and what a new bucket needs beside its optimizer.
+    def _optimizer_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        return state
+
+    def _cohort(self, state: Any) -> Hashable:
+        return None
+
+    def _attach(self, bucket: Bucket, state: Any) -> None:
+        return None
+
+    def _copy_attachment(self, source: Bucket, target: Bucket) -> None:
+        return None
 
     def _split(self, bucket: Bucket, params: list[Tensor]) -> Bucket:
         """Move ``params`` out of ``bucket`` into a new bucket with the same hyperparameters.
@@ -300,6 +326,9 @@ class PyroOptim(pyro.optim.PyroOptim):
             moved.add(p)
             moved.load_state_dict(p, state)
             self._slots[id(p)].bucket = moved
+        self._copy_attachment(bucket, moved)
+        moved.restore_group(group)
+        moved.fresh = False
         self._buckets.insert(self._buckets.index(bucket) + 1, moved)
         return moved
 
