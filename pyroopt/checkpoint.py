@@ -69,8 +69,9 @@ def load_state(filename: str | os.PathLike[str], map_location: Any = None) -> di
             f"{path} does not hold optimizer state: expected a dict of "
             f"{{param_name: state}}, found {type(state).__name__}"
         )
-    for name, param_state in state.items():
-        check_param_state(name, param_state, where=path)
+    for name in state:
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: parameter names must be strings, found {name!r}")
     return dict(state)
 
 
@@ -82,16 +83,40 @@ def check_param_state(name: Any, state: Any, where: str = "state") -> None:
         raise ValueError(
             f"{where}: the state of {name!r} must be a dict, found {type(state).__name__}"
         )
-    groups = state.get("param_groups")
     if "scheduler" in state and "optimizer" in state:
         raise ValueError(
             f"{where}: the state of {name!r} is a learning-rate scheduler's; load it into "
             "a pyroopt.PyroLRScheduler"
         )
-    if not isinstance(state.get("state"), Mapping) or not (
-        isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], Mapping)
+    _check_optimizer_state(name, state, where)
+
+
+def check_scheduler_state(name: Any, state: Any, where: str = "state") -> None:
+    """Check one parameter's entry under a schedule: ``{"scheduler", "optimizer"}``."""
+    if not isinstance(name, str):
+        raise ValueError(f"{where}: parameter names must be strings, found {name!r}")
+    if not (
+        isinstance(state, Mapping)
+        and isinstance(state.get("scheduler"), Mapping)
+        and "optimizer" in state
     ):
         raise ValueError(
-            f"{where}: the state of {name!r} must be a one-parameter optimizer state dict "
-            "with keys 'state' and 'param_groups' (one group)"
+            f"{where}: the state of {name!r} must be a dict with 'scheduler' and "
+            "'optimizer' entries, as a learning-rate scheduler saves it"
+        )
+    _check_optimizer_state(name, state["optimizer"], where)
+
+
+def _check_optimizer_state(name: str, state: Any, where: str) -> None:
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if not (
+        isinstance(state, Mapping)
+        and isinstance(state.get("state"), Mapping)
+        and isinstance(groups, list)
+        and len(groups) == 1
+        and isinstance(groups[0], Mapping)
+    ):
+        raise ValueError(
+            f"{where}: the optimizer state of {name!r} must be a one-parameter optimizer "
+            "state dict with keys 'state' and 'param_groups' (one group)"
         )

@@ -450,7 +450,7 @@ class TorchBucket(Bucket):
     def add(self, param: Tensor) -> None:
         super().add(param)
         if self.optimizer is None:
-            self.optimizer = self.constructor([param], **self._run_args())
+            self.optimizer = construct(self.constructor, [param], self._run_args())
             self.optimizer.param_groups[0]["params"] = self.params
         # The optimizer's group holds this very list, so it has seen the append.
 
@@ -482,7 +482,7 @@ class TorchBucket(Bucket):
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
         assert self.optimizer is not None
         # A one-parameter optimizer of the same kind applies torch's own casting rules.
-        scratch = self.constructor([param], **self._run_args())
+        scratch = construct(self.constructor, [param], self._run_args())
         scratch.load_state_dict(_with_group(state_dict, self._run_args()))
         self.optimizer.state[param] = scratch.state[param]
 
@@ -503,7 +503,7 @@ class PerParamBucket(Bucket):
 
     def add(self, param: Tensor) -> None:
         super().add(param)
-        self.optimizers[id(param)] = self.constructor([param], **self.group)
+        self.optimizers[id(param)] = construct(self.constructor, [param], self.group)
 
     def remove(self, param: Tensor) -> None:
         super().remove(param)
@@ -534,6 +534,22 @@ class PerParamBucket(Bucket):
         if len(self.optimizers) != 1:
             raise RuntimeError("a schedule drives a bucket of one parameter's optimizer")
         return next(iter(self.optimizers.values()))
+
+
+def construct(
+    constructor: Callable[..., Optimizer], params: list[Tensor], group: Mapping[str, Any]
+) -> Optimizer:
+    """``constructor(params, **group)``, with entries it does not take (such as a
+    schedule's ``initial_lr``) set on its param group afterwards."""
+    try:
+        accepted = inspect.signature(constructor).parameters
+    except (TypeError, ValueError):
+        return constructor(params, **group)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return constructor(params, **group)
+    optimizer = constructor(params, **{k: v for k, v in group.items() if k in accepted})
+    optimizer.param_groups[0].update({k: v for k, v in group.items() if k not in accepted})
+    return optimizer
 
 
 def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:

@@ -8,9 +8,13 @@ SVI's step does not provide (as in pyro.optim).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch.optim import lr_scheduler as torch_schedulers
 
 from pyroopt import optimizers
+from pyroopt.lr_scheduler import FACTORY_CLASSES, PyroLRScheduler
 from pyroopt.optim import ArgsSpec, PyroOptim
 
 
@@ -205,3 +209,174 @@ def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
     Example: ``pyroopt.DCTAdam({"lr": 0.01, "subsample_aware": True})``
     """
     return PyroOptim(optimizers.DCTAdam, optim_args, clip_args)
+
+
+# One factory per torch learning-rate scheduler, e.g.
+# pyroopt.StepLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "step_size": 10}).
+# SequentialLR and ChainedScheduler take "schedulers": [(pyroopt.LinearLR, {...}), ...].
+
+
+def LambdaLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr = initial lr times ``lr_lambda(epoch)``.
+
+    Wraps :class:`torch.optim.lr_scheduler.LambdaLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.LambdaLR, optim_args, clip_args)
+
+
+def MultiplicativeLR(
+    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+) -> PyroLRScheduler:
+    """Schedule: lr multiplied by ``lr_lambda(epoch)`` every epoch.
+
+    Wraps :class:`torch.optim.lr_scheduler.MultiplicativeLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.MultiplicativeLR, optim_args, clip_args)
+
+
+def StepLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr multiplied by ``gamma`` every ``step_size`` epochs.
+
+    Wraps :class:`torch.optim.lr_scheduler.StepLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.StepLR, optim_args, clip_args)
+
+
+def MultiStepLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr multiplied by ``gamma`` at each of the ``milestones``.
+
+    Wraps :class:`torch.optim.lr_scheduler.MultiStepLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.MultiStepLR, optim_args, clip_args)
+
+
+def ConstantLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr scaled by ``factor`` until ``total_iters``, then the initial lr.
+
+    Wraps :class:`torch.optim.lr_scheduler.ConstantLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.ConstantLR, optim_args, clip_args)
+
+
+def LinearLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr scaled linearly from ``start_factor`` to ``end_factor``.
+
+    Wraps :class:`torch.optim.lr_scheduler.LinearLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.LinearLR, optim_args, clip_args)
+
+
+def ExponentialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr multiplied by ``gamma`` every epoch.
+
+    Wraps :class:`torch.optim.lr_scheduler.ExponentialLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.ExponentialLR, optim_args, clip_args)
+
+
+def PolynomialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr decayed by a polynomial of degree ``power`` over ``total_iters``.
+
+    Wraps :class:`torch.optim.lr_scheduler.PolynomialLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.PolynomialLR, optim_args, clip_args)
+
+
+def CosineAnnealingLR(
+    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+) -> PyroLRScheduler:
+    """Schedule: lr annealed along a cosine to ``eta_min`` over ``T_max`` epochs.
+
+    Wraps :class:`torch.optim.lr_scheduler.CosineAnnealingLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.CosineAnnealingLR, optim_args, clip_args)
+
+
+def CosineAnnealingWarmRestarts(
+    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+) -> PyroLRScheduler:
+    """Schedule: cosine annealing restarted every ``T_0`` (times ``T_mult``).
+
+    Wraps :class:`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.CosineAnnealingWarmRestarts, optim_args, clip_args)
+
+
+def CyclicLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: lr (and momentum) cycled between ``base_lr`` and ``max_lr``.
+
+    Wraps :class:`torch.optim.lr_scheduler.CyclicLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.CyclicLR, optim_args, clip_args)
+
+
+def OneCycleLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: the one-cycle policy: warm up to ``max_lr``, then anneal far below.
+
+    Wraps :class:`torch.optim.lr_scheduler.OneCycleLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.OneCycleLR, optim_args, clip_args)
+
+
+def ReduceLROnPlateau(
+    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+) -> PyroLRScheduler:
+    """Schedule: lr multiplied by ``factor`` when the metric given to ``step`` stalls.
+
+    Wraps :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.ReduceLROnPlateau, optim_args, clip_args)
+
+
+def SequentialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+    """Schedule: child schedules one after another, switching at ``milestones``.
+
+    Wraps :class:`torch.optim.lr_scheduler.SequentialLR`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.SequentialLR, optim_args, clip_args)
+
+
+def ChainedScheduler(
+    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+) -> PyroLRScheduler:
+    """Schedule: child schedules applied together, each on the lr the last left.
+
+    Wraps :class:`torch.optim.lr_scheduler.ChainedScheduler`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
+    """
+    return PyroLRScheduler(torch_schedulers.ChainedScheduler, optim_args, clip_args)
+
+
+FACTORY_CLASSES.update(
+    {
+        LambdaLR: torch_schedulers.LambdaLR,
+        MultiplicativeLR: torch_schedulers.MultiplicativeLR,
+        StepLR: torch_schedulers.StepLR,
+        MultiStepLR: torch_schedulers.MultiStepLR,
+        ConstantLR: torch_schedulers.ConstantLR,
+        LinearLR: torch_schedulers.LinearLR,
+        ExponentialLR: torch_schedulers.ExponentialLR,
+        PolynomialLR: torch_schedulers.PolynomialLR,
+        CosineAnnealingLR: torch_schedulers.CosineAnnealingLR,
+        CosineAnnealingWarmRestarts: torch_schedulers.CosineAnnealingWarmRestarts,
+        CyclicLR: torch_schedulers.CyclicLR,
+        OneCycleLR: torch_schedulers.OneCycleLR,
+        ReduceLROnPlateau: torch_schedulers.ReduceLROnPlateau,
+        SequentialLR: torch_schedulers.SequentialLR,
+        ChainedScheduler: torch_schedulers.ChainedScheduler,
+    }
+)

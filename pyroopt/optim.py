@@ -100,6 +100,7 @@ class PyroOptim(pyro.optim.PyroOptim):
     Example::
 
         >>> import pyro, torch, pyroopt
+        >>> pyro.clear_param_store()
         >>> x = pyro.param("x", torch.ones(3))
         >>> optim = pyroopt.PyroOptim(torch.optim.Adam, {"lr": 0.1})
         >>> x.unconstrained().grad = torch.ones(3)
@@ -288,7 +289,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         ``lrd`` may have moved ``lr``); keys the file lacks keep their defaults.
         """
         saved = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
-        foreign = sorted(set(saved) - set(group) - {"initial_lr"})
+        foreign = sorted(set(saved) - set(group) - self._group_keys_added)
         if foreign:
             raise ValueError(
                 f"the saved state of {name!r} has hyperparameters {foreign} that "
@@ -299,6 +300,12 @@ class PyroOptim(pyro.optim.PyroOptim):
 
     # Hooks that PyroLRScheduler fills in: what a saved entry holds, which parameters
     # may share a bucket, and what a new bucket needs beside its optimizer.
+    def _check_state(self, name: Any, state: Any, where: str) -> None:
+        checkpoint.check_param_state(name, state, where)
+
+    #: hyperparameters a saved group may hold beyond the optimizer's own
+    _group_keys_added: frozenset[str] = frozenset()
+
     def _optimizer_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         return state
 
@@ -403,6 +410,10 @@ class PyroOptim(pyro.optim.PyroOptim):
     def optim_objs(self, value: Any) -> None:
         raise AttributeError("optim_objs is read-only in pyroopt")
 
+    def _view(self, slot: _Slot) -> Any:
+        """What ``optim_objs[param]`` answers for one parameter."""
+        return _ParamOptimizerView(slot.bucket, slot.param)
+
     def learning_rates(self) -> dict[str, float]:
         """The current learning rate of every parameter seen so far, by name."""
         return {
@@ -453,13 +464,16 @@ class PyroOptim(pyro.optim.PyroOptim):
         State for a parameter already seen is applied now; the rest waits until its
         parameter first appears.
         """
+        self._set_state(state_dict, "state_dict")
+
+    def _set_state(self, state_dict: Mapping[str, Any], where: str) -> None:
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 "state_dict must be a dict of {param_name: state}, got "
                 f"{type(state_dict).__name__}"
             )
         for name, state in state_dict.items():
-            checkpoint.check_param_state(name, state)
+            self._check_state(name, state, where)
         by_name = {slot.name: slot for slot in self._slots.values() if slot.name is not None}
         for name, state in state_dict.items():
             slot = by_name.get(name)
@@ -490,7 +504,8 @@ class PyroOptim(pyro.optim.PyroOptim):
 
         Loads with ``torch.load(weights_only=True)``: the file cannot run code.
         """
-        self.set_state(checkpoint.load_state(filename, map_location=map_location))
+        path = os.fspath(filename)
+        self._set_state(checkpoint.load_state(path, map_location=map_location), path)
 
 
 class _OptimObjs(Mapping[Tensor, Any]):
@@ -498,8 +513,7 @@ class _OptimObjs(Mapping[Tensor, Any]):
         self._optim = optim
 
     def __getitem__(self, param: Tensor) -> Any:
-        slot = self._optim._slots[id(param)]
-        return _ParamOptimizerView(slot.bucket, param)
+        return self._optim._view(self._optim._slots[id(param)])
 
     def __iter__(self) -> Iterator[Tensor]:
         return (slot.param for slot in self._optim._slots.values())
