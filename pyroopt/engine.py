@@ -335,6 +335,7 @@ class RuleBucket(Bucket):
                 f"optimizer state for a parameter of shape {tuple(param.shape)} lacks "
                 f"{missing}; it holds {sorted(saved)}"
             )
+        check_shapes(param, {k: saved[k] for k in self.keys})
         # torch's SGD keeps no step count: holding a momentum buffer means "stepped".
         step = int(float(saved["step"])) if self.rule.saves_step else 1
         views = self._state_views(param)
@@ -481,6 +482,9 @@ class TorchBucket(Bucket):
 
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
         assert self.optimizer is not None
+        saved = state_dict["state"].get(0, {})
+        if not hasattr(param, "_pyro_dct_dim"):  # DCTAdam keeps wider moments for those
+            check_shapes(param, {k: v for k, v in saved.items() if k in PARAM_SHAPED_STATE})
         # A one-parameter optimizer of the same kind applies torch's own casting rules.
         scratch = construct(self.constructor, [param], self._run_args())
         scratch.load_state_dict(_with_group(state_dict, self._run_args()))
@@ -534,6 +538,36 @@ class PerParamBucket(Bucket):
         if len(self.optimizers) != 1:
             raise RuntimeError("a schedule drives a bucket of one parameter's optimizer")
         return next(iter(self.optimizers.values()))
+
+
+#: State entries that torch's optimizers (and pyro's) keep in the parameter's shape.
+PARAM_SHAPED_STATE = frozenset(
+    {
+        "exp_avg",
+        "exp_avg_sq",
+        "max_exp_avg_sq",
+        "exp_inf",
+        "momentum_buffer",
+        "square_avg",
+        "grad_avg",
+        "acc_delta",
+        "prev",
+        "step_size",
+        "sum",
+        "ax",
+    }
+)
+
+
+def check_shapes(param: Tensor, state: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless every tensor in ``state`` has ``param``'s shape."""
+    for key, value in state.items():
+        shape = tuple(value.shape) if isinstance(value, Tensor) else None
+        if shape != tuple(param.shape):
+            raise ValueError(
+                f"saved {key!r} has shape {shape}, but the parameter has shape "
+                f"{tuple(param.shape)} (did the model change?)"
+            )
 
 
 def construct(

@@ -66,6 +66,16 @@ class _Slot:
         self.clip = clip
 
 
+def _all_finite(slots: list[_Slot]) -> bool:
+    """Whether every gradient of ``slots`` is free of NaN and Inf (one sync)."""
+    grads = [g for s in slots if (g := s.param.grad) is not None and g.numel()]
+    if not grads:
+        return True
+    # The max-norm cannot overflow for finite values, and is NaN or Inf otherwise.
+    norms = torch._foreach_norm(grads, float("inf"))
+    return bool(torch.stack(list(norms)).isfinite().all())
+
+
 class _Plan(NamedTuple):
     """How one call's parameters are stepped: see :meth:`PyroOptim._make_plan`."""
 
@@ -96,6 +106,10 @@ class PyroOptim(pyro.optim.PyroOptim):
         gradients of a step, applied after the per-parameter clipping.
     :param track_grad_norms: record each gradient's norm (before clipping) on every
         step for :meth:`grad_norms`; always on when clipping by norm.
+    :param skip_nonfinite: when any gradient of a step holds NaN or Inf, skip the whole
+        step (parameters and state stay as they are), count it in ``skipped_steps`` and
+        warn once. Also accepted as ``clip_args={"skip_nonfinite": True}``. Off by
+        default, which keeps pyro.optim's numbers (NaN flows into the parameters).
 
     Example::
 
@@ -116,6 +130,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         clip_args: ArgsSpec | None = None,
         *,
         track_grad_norms: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         # pyro.optim.PyroOptim.__init__ is deliberately not called: this class replaces
         # all of its behaviour and only inherits so that SVI's isinstance check passes.
@@ -153,10 +168,18 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._clip_arity = _arity(clip_args, "clip_args") if callable(clip_args) else 0
         self._global_clip: float | None = None
         if isinstance(clip_args, dict):
+            skip = clip_args.get("skip_nonfinite", False)
+            if not isinstance(skip, bool):
+                raise TypeError(f"clip_args['skip_nonfinite'] must be True or False, got {skip!r}")
+            skip_nonfinite = skip_nonfinite or skip
+            clip_args = {k: v for k, v in clip_args.items() if k != "skip_nonfinite"}
             clean = validate_clip_args(clip_args, allow_global=True, where="clip_args")
             self._global_clip = clean.pop("clip_global_norm", None)
             self._dict_clip = clean
         self.track_grad_norms = bool(track_grad_norms)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        #: how many steps ``skip_nonfinite`` has skipped
+        self.skipped_steps = 0
 
         # Keyed by id(param): Tensor.__hash__ is a Python call, id() is not, and the slot
         # holds the tensor, so its id cannot be reused while the entry exists.
@@ -190,11 +213,25 @@ class PyroOptim(pyro.optim.PyroOptim):
         if args or kwargs:
             for bucket, _ in plan.steps:
                 bucket.check_step_args(args, kwargs)
+        if self.skip_nonfinite and not _all_finite(plan.slots):
+            self._skip_step()
+            return
         self._clip(plan.slots)
         for bucket, bucket_params in plan.steps:
             bucket.step(bucket_params, *args, **kwargs)
             if bucket.fresh and bucket.advances_group():
                 bucket.fresh = False  # its lr moved: a new parameter would start afresh
+
+    def _skip_step(self) -> None:
+        self.skipped_steps += 1
+        if self.skipped_steps == 1:
+            warnings.warn(
+                "pyroopt skipped an optimizer step because a gradient held NaN or Inf "
+                "(skip_nonfinite=True); parameters and optimizer state are unchanged. "
+                "Further skips are counted in .skipped_steps without a warning.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _make_plan(self, params: list[Tensor], ids: frozenset[int]) -> _Plan:
         """Which buckets step which parameters, for a call passing ``params``.
@@ -274,6 +311,9 @@ class PyroOptim(pyro.optim.PyroOptim):
                     bucket.restore_group(saved_group)  # a schedule's first step moved lr
             if state is not None:
                 bucket.load_state_dict(p, self._optimizer_state(state))
+        except ValueError as e:
+            bucket.remove(p)
+            raise ValueError(f"optimizer state of {name!r}: {e}") from None
         except Exception:
             bucket.remove(p)
             raise
@@ -467,6 +507,11 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._set_state(state_dict, "state_dict")
 
     def _set_state(self, state_dict: Mapping[str, Any], where: str) -> None:
+        """:meth:`set_state`, naming ``where`` the state came from in errors.
+
+        All or nothing: if any entry cannot be applied, every parameter already moved
+        goes back to its bucket and state, and nothing is left waiting.
+        """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 "state_dict must be a dict of {param_name: state}, got "
@@ -475,37 +520,58 @@ class PyroOptim(pyro.optim.PyroOptim):
         for name, state in state_dict.items():
             self._check_state(name, state, where)
         by_name = {slot.name: slot for slot in self._slots.values() if slot.name is not None}
-        for name, state in state_dict.items():
-            slot = by_name.get(name)
-            if slot is None:
-                self._state_waiting_to_be_consumed[name] = state
-                continue
-            p, old = slot.param, slot.bucket
-            self._layout += 1
-            snapshot = old.state_dict(p)
-            old.remove(p)
-            try:
+        undo: list[tuple[_Slot, Bucket, dict[str, Any]]] = []
+        try:
+            for name, state in state_dict.items():
+                slot = by_name.get(name)
+                if slot is None:
+                    continue
+                p, old = slot.param, slot.bucket
+                undo.append((slot, old, old.state_dict(p)))
+                self._layout += 1
+                old.remove(p)
                 slot.bucket = self._place(p, name, state)
-            except Exception:
-                old.add(p)
-                old.load_state_dict(p, snapshot)
-                raise
+        except Exception:
+            for slot, old, snapshot in reversed(undo):
+                if slot.bucket is not old:
+                    slot.bucket.remove(slot.param)
+                old.add(slot.param)
+                old.load_state_dict(slot.param, snapshot)
+                slot.bucket = old
+            self._drop_empty_buckets()
+            raise
+        self._state_waiting_to_be_consumed.update(
+            {name: state for name, state in state_dict.items() if name not in by_name}
+        )
         self._drop_empty_buckets()
 
     def _drop_empty_buckets(self) -> None:
         self._buckets = [b for b in self._buckets if b.params]
 
     def save(self, filename: str | os.PathLike[str]) -> None:
-        """Write :meth:`get_state` to ``filename`` atomically, in pyro.optim's format."""
-        checkpoint.save_atomic(self.get_state(), filename)
+        """Write :meth:`get_state` to ``filename`` in pyro.optim's format, atomically.
 
-    def load(self, filename: str | os.PathLike[str], map_location: Any = None) -> None:
+        A crash at any moment leaves the old file or the new one, never a torn one. The
+        file also records pyroopt's version and checkpoint format.
+        """
+        checkpoint.save_state(self.get_state(), filename)
+
+    def load(
+        self,
+        filename: str | os.PathLike[str],
+        map_location: Any = None,
+        *,
+        weights_only: bool = True,
+    ) -> None:
         """Read a file written by :meth:`save` or by pyro.optim and :meth:`set_state` it.
 
         Loads with ``torch.load(weights_only=True)``: the file cannot run code.
+        ``weights_only=False`` unpickles arbitrary objects, which can run any code the
+        file names: use it only for files you trust.
         """
         path = os.fspath(filename)
-        self._set_state(checkpoint.load_state(path, map_location=map_location), path)
+        state = checkpoint.load_state(path, map_location=map_location, weights_only=weights_only)
+        self._set_state(state, path)
 
 
 class _OptimObjs(Mapping[Tensor, Any]):

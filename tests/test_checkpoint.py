@@ -104,7 +104,13 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     path.write_bytes(b"old")
     optim.save(path)
     assert os.listdir(tmp_path) == ["optim.pt"]
-    assert torch.load(path, weights_only=True).keys() == optim.get_state().keys()
+    saved = torch.load(path, weights_only=True)
+    assert saved.pop("__pyroopt__") == {
+        "format": 1,
+        "pyroopt": pyroopt.__version__,
+        "kind": "optimizer",
+    }
+    assert saved.keys() == optim.get_state().keys()
 
 
 def test_failed_save_keeps_the_old_file(tmp_path):
