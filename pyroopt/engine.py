@@ -644,7 +644,22 @@ def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tens
 def full_group(
     constructor: Callable[..., Optimizer], args: Mapping[str, Any], param: Tensor
 ) -> Group:
-    """Every hyperparameter ``constructor`` would hold for ``args`` (defaults filled in)."""
+    """Every hyperparameter ``constructor`` would hold for ``args`` (defaults filled in).
+
+    Raises ``TypeError`` naming an argument the constructor does not take.
+    """
+    try:
+        accepted = inspect.signature(constructor).parameters
+    except (TypeError, ValueError):
+        accepted = None
+    if accepted is not None and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()
+    ):
+        unknown = sorted(set(args) - set(accepted))
+        if unknown:
+            allowed = [n for n in accepted if n != "params"]
+            name = getattr(constructor, "__name__", repr(constructor))
+            raise TypeError(f"optim_args: {name} does not take {unknown}; it takes {allowed}")
     return hyperparameters(constructor([param], **args))
 
 

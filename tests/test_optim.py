@@ -345,6 +345,13 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"-0\.1"):
             pyroopt.Adam({"lr": -0.1})(Program().params_at(0))
 
+    def test_unknown_optim_args_name_what_is_allowed(self):
+        fresh_store()
+        with pytest.raises(
+            TypeError, match=r"Adam does not take \['lrr'\]; it takes \['lr', 'betas'"
+        ):
+            pyroopt.Adam({"lrr": 0.1})(Program().params_at(0))
+
     def test_wrong_arity_callable(self):
         with pytest.raises(TypeError, match="takes 3"):
             pyroopt.Adam(lambda a, b, c: {})
