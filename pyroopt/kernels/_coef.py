@@ -16,7 +16,7 @@ All three are accepted as the scalar argument of ``torch._foreach_mul_`` and fri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import torch
@@ -51,26 +51,30 @@ def per_param(
 
 def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
     """``x += value * y / z`` elementwise, for every coefficient form."""
-    if isinstance(value, float):
-        torch._foreach_addcdiv_(xs, ys, zs, value)
-    elif value and isinstance(value[0], Tensor):
-        ratio = torch._foreach_div(ys, zs)
-        torch._foreach_mul_(ratio, value)
-        torch._foreach_add_(xs, ratio)
-    else:
-        torch._foreach_addcdiv_(xs, ys, zs, value)  # type: ignore[arg-type]
+    _accumulate(xs, ys, zs, value, torch._foreach_addcdiv_, torch._foreach_div)
 
 
 def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
     """``x += value * y * z`` elementwise, for every coefficient form."""
-    if isinstance(value, float):
-        torch._foreach_addcmul_(xs, ys, zs, value)
-    elif value and isinstance(value[0], Tensor):
-        product = torch._foreach_mul(ys, zs)
-        torch._foreach_mul_(product, value)
-        torch._foreach_add_(xs, product)
+    _accumulate(xs, ys, zs, value, torch._foreach_addcmul_, torch._foreach_mul)
+
+
+def _accumulate(
+    xs: TensorList,
+    ys: TensorList,
+    zs: TensorList,
+    value: Coef,
+    fused: Callable[..., None],
+    combine: Callable[[TensorList, TensorList], TensorList],
+) -> None:
+    """``x += value * combine(y, z)``: torch's fused op takes a float or one value per
+    tensor, but not one value per element, which needs the product spelled out."""
+    if value and not isinstance(value, float) and isinstance(value[0], Tensor):
+        terms = combine(ys, zs)
+        torch._foreach_mul_(terms, value)
+        torch._foreach_add_(xs, terms)
     else:
-        torch._foreach_addcmul_(xs, ys, zs, value)  # type: ignore[arg-type]
+        fused(xs, ys, zs, value)
 
 
 def mul_(xs: TensorList, value: Coef) -> None:
