@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_scalar_dtype
 
-from pyroopt.flat import FlatLayout
+from pyroopt.flat import FlatLayout, Target
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.registry import group_rule, is_group_safe, rule_for
@@ -215,12 +215,19 @@ class RuleBucket(Bucket):
             self._flat[k] = zeros()
             self._views[k] = layout.views(self._flat[k])
             torch._foreach_copy_(self._views[k], [old[p][k] for p in self.params])
-        self._grad = zeros()
-        self._grad_target = layout.target(self._grad)
-        self._work = zeros()
-        self._work_target = layout.target(self._work)
+        self._scratch: tuple[Tensor, Target, Tensor, Target] | None = None
         self._loose = {}
         self._layout_params = self.params
+
+    def _flat_scratch(self) -> tuple[Tensor, Target, Tensor, Target]:
+        """Flat gradient and work buffers, made on first use (large buckets never need
+        them: they update each tensor in place)."""
+        if self._scratch is None:
+            like = self.params[0]
+            grad = torch.zeros(self.numel, dtype=like.dtype, device=like.device)
+            work = torch.zeros_like(grad)
+            self._scratch = (grad, self.flat.target(grad), work, self.flat.target(work))
+        return self._scratch
 
     # -- stepping ---------------------------------------------------------------
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
@@ -261,24 +268,25 @@ class RuleBucket(Bucket):
         # and a fused kernel can update the whole flat buffer in one pass.
         uniform = min(self.steps) == max(self.steps)
         steps = self.steps[:1] if uniform else self.steps
-        self.flat.gather(grads, self._grad_target)
+        grad, grad_target, work, work_target = self._flat_scratch()
+        self.flat.gather(grads, grad_target)
         reads = self.rule.reads_params(self.group)
         if reads:
-            self.flat.gather(self.params, self._work_target)
+            self.flat.gather(self.params, work_target)
         else:
-            self._work.zero_()
+            work.zero_()
         state = {k: [self._flat[k]] for k in self.keys}
-        sizes, numel, like = self.sizes, self.numel, self._work
+        sizes, numel, like = self.sizes, self.numel, work
 
         def coef(values: Any) -> Any:
             return per_param(values, sizes, numel, like)
 
-        if not (uniform and self._fuse([self._work], [self._grad], state, steps)):
-            self.rule.update([self._work], [self._grad], state, steps, self.group, coef)
+        if not (uniform and self._fuse([work], [grad], state, steps)):
+            self.rule.update([work], [grad], state, steps, self.group, coef)
         if reads:
-            torch._foreach_copy_(self.params, self._work_target.views)
+            torch._foreach_copy_(self.params, work_target.views)
         else:
-            torch._foreach_add_(self.params, self._work_target.views)
+            torch._foreach_add_(self.params, work_target.views)
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
         rows = [self.index[id(p)] for p in live]
