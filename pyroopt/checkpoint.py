@@ -135,8 +135,39 @@ def _constraint_classes() -> list[Callable[..., Any] | tuple[Callable[..., Any],
     return [*sorted(classes, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")]
 
 
-def save_training(filename: str | os.PathLike[str], optim: Any) -> None:
+def rng_state() -> dict[str, Any]:
+    """The state of torch's, Python's and NumPy's random generators, as plain data."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    keys_tensor = torch.from_numpy(np.asarray(keys, dtype=np.int64))  # a tensor loads safely
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, keys_tensor, pos, has_gauss, cached),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators from :func:`rng_state`."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_training(filename: str | os.PathLike[str], optim: Any, *, rng: bool = True) -> None:
     """Save Pyro's param store and ``optim``'s state together in one atomic file.
+
+    With ``rng=True`` the random generators' states are saved too, so that a resumed
+    SVI run draws the same samples and retraces the same loss curve.
 
     Example::
 
@@ -158,6 +189,7 @@ def save_training(filename: str | os.PathLike[str], optim: Any) -> None:
             METADATA_KEY: _metadata("training"),
             "param_store": pyro.get_param_store().get_state(),
             "optimizer": optim.get_state(),
+            **({"rng": rng_state()} if rng else {}),
         },
         filename,
     )
@@ -170,7 +202,8 @@ def load_training(
     *,
     weights_only: bool = True,
 ) -> None:
-    """Restore Pyro's param store and ``optim`` from :func:`save_training`'s file.
+    """Restore Pyro's param store, ``optim`` and the random generators (if saved) from
+    :func:`save_training`'s file.
 
     Loads safely by default: the file may hold tensors, plain values and constraint
     objects only. The param store is replaced only once the whole file has been read
@@ -194,6 +227,8 @@ def load_training(
         optim._check_state(name, param_state, path)
     pyro.get_param_store().set_state(dict(store))  # type: ignore[arg-type]
     optim._set_state(state["optimizer"], path)
+    if "rng" in state:
+        set_rng_state(state["rng"])
 
 
 def check_param_state(name: Any, state: Any, where: str = "state") -> None:
