@@ -12,44 +12,30 @@
 # %%
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyro
-import pyro.distributions as dist
-import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from regression import QUICK, TRUE_WEIGHT, data, model, output_dir
 from tqdm import tqdm
 
 import pyroopt as optim  # was: import pyro.optim as optim
 
-QUICK = os.environ.get("PYROOPT_QUICK") == "1"
 STEPS = 200 if QUICK else 2000
-OUT = Path(os.environ.get("PYROOPT_OUT", "outputs")) / "01_getting_started"
+OUT = output_dir("01_getting_started")
 
 # %% [markdown]
 # ## Data and model
-# 500 points from `y = x @ w + b + noise` with four features.
+# 500 points from `y = x @ w + 1 + noise` with four features, and a Bayesian linear
+# regression with priors on the weights, the bias and the noise scale (see
+# `tutorials/regression.py`).
 
 # %%
 pyro.set_rng_seed(0)
-TRUE_WEIGHT = torch.tensor([1.5, -2.0, 0.5, 0.0])
-x = torch.randn(500, 4)
-y = x @ TRUE_WEIGHT + 1.0 + 0.3 * torch.randn(500)
-
-
-def model(x, y=None):
-    weight = pyro.sample("weight", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
-    bias = pyro.sample("bias", dist.Normal(0.0, 10.0))
-    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("obs", dist.Normal(x @ weight + bias, sigma), obs=y)
-
+x, y = data()
 
 # %% [markdown]
 # ## Training
@@ -74,7 +60,6 @@ with tqdm(range(STEPS), desc="SVI", disable=None) as bar:
 # ## Results: the posterior means, a checkpoint, and the loss curve
 
 # %%
-OUT.mkdir(parents=True, exist_ok=True)
 checkpoint = OUT / "optimizer.pt"
 adam.save(checkpoint)
 
