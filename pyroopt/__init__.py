@@ -40,6 +40,14 @@ from pyroopt.factories import (
     StepLR,
 )
 from pyroopt.lr_scheduler import PyroLRScheduler
+from pyroopt.multi import (
+    MixedMultiOptimizer,
+    MultiOptimizer,
+    Newton,
+    PyroMultiOptimizer,
+    TorchMultiOptimizer,
+    newton_step,
+)
 from pyroopt.optim import PyroOptim, is_scheduler
 
 __all__ = [
@@ -62,13 +70,17 @@ __all__ = [
     "ExponentialLR",
     "LambdaLR",
     "LinearLR",
+    "MixedMultiOptimizer",
+    "MultiOptimizer",
     "MultiStepLR",
     "MultiplicativeLR",
     "Muon",
     "NAdam",
+    "Newton",
     "OneCycleLR",
     "PolynomialLR",
     "PyroLRScheduler",
+    "PyroMultiOptimizer",
     "PyroOptim",
     "RAdam",
     "RMSprop",
@@ -77,6 +89,8 @@ __all__ = [
     "SequentialLR",
     "SparseAdam",
     "StepLR",
+    "TorchMultiOptimizer",
     "__version__",
     "is_scheduler",
+    "newton_step",
 ]

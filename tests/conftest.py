@@ -16,3 +16,8 @@ def _float64_seeded_clean_store():
     yield
     pyro.clear_param_store()
     torch.set_default_dtype(default_dtype)
+
+
+# Scripts that distributed tests launch under horovodrun/torchrun: not test modules, and
+# importing them (for doctests) would need a launcher's environment.
+collect_ignore = ["distributed_jobs"]
