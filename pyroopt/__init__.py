@@ -5,6 +5,7 @@ optimizers, arguments, state files and numbers, with all parameters stepped toge
 """
 
 from pyroopt._version import __version__
+from pyroopt.distributed import DistributedOptimizer, HorovodOptimizer
 from pyroopt.factories import (
     ASGD,
     SGD,
@@ -67,7 +68,9 @@ __all__ = [
     "CosineAnnealingWarmRestarts",
     "CyclicLR",
     "DCTAdam",
+    "DistributedOptimizer",
     "ExponentialLR",
+    "HorovodOptimizer",
     "LambdaLR",
     "LinearLR",
     "MixedMultiOptimizer",
