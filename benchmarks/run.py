@@ -26,6 +26,8 @@ import torch
 
 import pyroopt
 from benchmarks import report
+from benchmarks.distributed import run_distributed
+from benchmarks.distributed import table as distributed_table
 from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
 from benchmarks.svi_step import SviResult, time_svi
 from benchmarks.timing import Plan
@@ -66,6 +68,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="repeats per measurement (median is kept)"
+    )
+    parser.add_argument(
+        "--no-distributed",
+        action="store_true",
+        help="skip the 2-worker horovodrun/torchrun SVI job",
     )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -196,9 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     steps = run_optimizer_steps(settings.steps)
     svi = run_svi(settings.svi)
+    dist_rows = [] if args.no_distributed else run_distributed()
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
     print_report(steps, svi)
+    if dist_rows:
+        print("\nDistributed SVI step, 2 workers (model with 25 sites, AutoNormal, Adam):")
+        print(distributed_table(dist_rows))
+        meta["distributed"] = [asdict(r) for r in dist_rows]
     write_outputs(args.out, meta, steps, svi)
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())

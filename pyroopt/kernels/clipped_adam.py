@@ -13,8 +13,9 @@ For each parameter at its own step :math:`t`, with :math:`c` = ``clip_norm``:
 
 and ``lr`` is multiplied by ``lrd`` on every call of the optimizer, before the update.
 Despite its name, ``clip_norm`` bounds each gradient *element*, not a norm. The numbers
-are those of :class:`pyro.optim.clipped_adam.ClippedAdam`; unlike it, pyroopt does not
-clamp ``param.grad`` in place.
+are those of :class:`pyro.optim.clipped_adam.ClippedAdam`. Like it, pyroopt may clamp
+``param.grad`` in place (it does when it updates parameters one by one, not when it
+works on a flat copy of the gradients): do not read gradients after the step.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class ClippedAdamRule(UpdateRule):
     ) -> None:
         beta1, beta2 = group["betas"]
         lr, clip = group["lr"], group["clip_norm"]
-        grads = torch._foreach_clamp_min(grads, -clip)
-        torch._foreach_clamp_max_(grads, clip)
+        for g in grads:  # in place, as pyro's ClippedAdam does: no new memory per step
+            g.clamp_(-clip, clip)
         grads = directed_grads(
             params, grads, maximize=False, weight_decay=group["weight_decay"], mode="l2", lr=lr
         )
@@ -94,9 +95,11 @@ class ClippedAdamRule(UpdateRule):
         beta1, beta2 = group["betas"]
         k = math.sqrt(1 - beta2 ** steps[0])
         clip = group["clip_norm"]
+        for g in grads:  # in place, as pyro's ClippedAdam does: no new memory per step
+            g.clamp_(-clip, clip)
         torch._fused_adam_(
             params,
-            [g.clamp(-clip, clip) for g in grads],
+            grads,
             state["exp_avg"],
             state["exp_avg_sq"],
             [],
