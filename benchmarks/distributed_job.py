@@ -48,6 +48,16 @@ def count_calls(module: Any, name: str) -> None:
     setattr(module, name, counted)
 
 
+class NoStep(pyro.optim.PyroOptim):
+    """Steps nothing: the time of SVI's own work (model, guide, backward)."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.optim.SGD, {"lr": 0.0})
+
+    def __call__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def model(y: torch.Tensor) -> None:
     sites = [
         pyro.sample(f"z{i}", dist.Normal(0.0, 1.0).expand([WIDTH]).to_event(1))
@@ -98,6 +108,7 @@ def main() -> None:
         for name in ("allreduce_async_", "grouped_allreduce_async_"):  # pyro's path
             count_calls(hvd_optimizer, name)
         mine = shard(y)
+        results["no optimizer step"] = time_variant(NoStep, mine)
         results["pyro.optim HorovodOptimizer"] = time_variant(
             lambda: pyro.optim.HorovodOptimizer(PYRO_ADAM({"lr": 0.01})), mine
         )
