@@ -53,3 +53,18 @@ def test_checkpoint_resume_retraces_the_curve(tmp_path):
     gap = float(re.search(r"resumed and uninterrupted losses: ([\d.e+-]+)", stdout).group(1))
     assert gap == 0.0
     assert float(re.search(r"final loss: ([\d.]+)", stdout).group(1)) < 400
+
+
+def test_per_parameter_settings_and_clipping(tmp_path):
+    stdout = run_tutorial("02_per_parameter_and_clipping.py", tmp_path)
+    assert (tmp_path / "02_per_parameter_and_clipping" / "grad_norms.png").stat().st_size > 20_000
+    for run in ("per-parameter run", "global-norm run"):
+        loss = float(re.search(rf"final loss, {run}: ([\d.]+)", stdout).group(1))
+        assert loss < 400  # from ~2000 at the start
+
+
+def test_newton_and_mixed(tmp_path):
+    stdout = run_tutorial("05_newton_and_mixed.py", tmp_path)
+    assert (tmp_path / "05_newton_and_mixed" / "newton_vs_adam.png").stat().st_size > 20_000
+    newton, adam = (float(d) for d in re.findall(r"distance to the exact MAP ([\d.e+-]+)", stdout))
+    assert newton < 0.02 and newton < adam  # Newton gets far closer in the same steps
