@@ -170,6 +170,7 @@ class RuleBucket(Bucket):
         self._flat: dict[str, Tensor] = {}
         self._views: dict[str, list[Tensor]] = {}
         self._target: GroupOptimizer | None = None
+        self._copy_buffer: Tensor | None = None
 
     def schedule_target(self) -> Optimizer:
         if self._target is None:
@@ -299,10 +300,27 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, None, 0, like)
 
-        if self._fuse(live, grads, state, steps):
+        if not self.rule.fused_overwrites_grads and self._fuse(live, grads, state, steps):
             return
         for piece in _pieces(live, grads, state, steps):
-            self.rule.update(*piece, self.group, coef)
+            if not self._fuse_on_copy(piece):
+                self.rule.update(*piece, self.group, coef)
+
+    def _fuse_on_copy(self, piece: Piece) -> bool:
+        """Run a fused kernel that overwrites its gradients on a copy of them.
+
+        The copy is one cache-sized piece at a time, so it costs little memory traffic:
+        the kernel then reads the gradients from cache.
+        """
+        if not (self.rule.fused_overwrites_grads and self._fusable()):
+            return False
+        params, grads, state, steps = piece
+        numel = sum(g.numel() for g in grads)
+        if self._copy_buffer is None or self._copy_buffer.numel() < numel:
+            self._copy_buffer = torch.empty(numel, dtype=grads[0].dtype, device=grads[0].device)
+        copies = FlatLayout([g.shape for g in grads]).views(self._copy_buffer[:numel])
+        torch._foreach_copy_(copies, grads)
+        return self._fuse(params, copies, state, steps)
 
     def _fuse(
         self,

@@ -76,8 +76,11 @@ CONFIGS += [
             "centered_variance": [False, True],
         },
     ),
+    # alpha = 1 and t = 0 leave the RMS average constant: no fused form, the chain runs
+    (torch.optim.RMSprop, {"lr": 0.01, "alpha": 1.0, "eps": 0.5}),
     (optimizers.AdagradRMSProp, {"eta": 0.5}),
     (optimizers.AdagradRMSProp, {"eta": 1.0, "t": 0.5, "delta": 0.1}),
+    (optimizers.AdagradRMSProp, {"eta": 0.5, "t": 0.0}),
 ]
 #: what pyroopt's own optimizers must match
 REFERENCE = {optimizers.ClippedAdam: PyroClippedAdam, optimizers.AdagradRMSProp: PyroAdagradRMSProp}
@@ -100,7 +103,8 @@ def grad_of(p, step, i):
 
 
 def run_pair(cls, args, *, mixed, steps=24):
-    """Step a RuleBucket and torch's optimizer side by side; yield both param lists."""
+    """Step a RuleBucket and torch's optimizer side by side; yield both param lists and
+    the gradients given to ours."""
     torch.manual_seed(0)
     inits = {n: torch.randn(s) for n, s in SHAPES.items()}
     ours = {n: v.clone().requires_grad_() for n, v in inits.items()}
@@ -125,17 +129,19 @@ def run_pair(cls, args, *, mixed, steps=24):
     for step in range(steps):
         if mixed and step == 6:
             join("late")
+        given = {}
         for i, name in enumerate(SHAPES):
             for params in (ours, theirs):
                 p = params[name]
                 none = mixed and ((name == "b" and step in (3, 4)) or (name == "a" and step == 9))
                 p.grad = None if none else grad_of(p, step, i)
+            given[name] = None if ours[name].grad is None else ours[name].grad.clone()
         passed = [p for p in bucket.params if not (mixed and step == 12 and p is ours["a"])]
         if mixed and step == 12:
             theirs["a"].grad = None
         bucket.step(bucket.order(passed))
         reference.step()
-        yield step, ours, theirs
+        yield step, ours, theirs, given
 
 
 @pytest.mark.parametrize("cls,args", CONFIGS, ids=IDS)
@@ -148,8 +154,12 @@ def test_rule_matches_torch(monkeypatch, cls, args, layout, fused, mixed):
         monkeypatch.setattr(engine, "CHAIN_PIECE_NUMEL", 3)
     if not fused:
         monkeypatch.setattr(engine, "_get_fused_kernels_supported_devices", lambda: [])
-    for step, ours, theirs in run_pair(cls, args, mixed=mixed):
+    for step, ours, theirs, given in run_pair(cls, args, mixed=mixed):
         for name in SHAPES:
             assert_close(
                 ours[name], theirs[name], **TOL, msg=lambda m, n=name, s=step: f"{n}@{s}: {m}"
             )
+            # Gradients are left alone (fused kernels that overwrite theirs get a copy),
+            # except by ClippedAdam, which clamps them in place as pyro's does.
+            if cls is not optimizers.ClippedAdam and given[name] is not None:
+                assert torch.equal(ours[name].grad, given[name]), f"{name}@{step}: grad changed"

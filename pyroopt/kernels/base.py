@@ -44,6 +44,9 @@ class UpdateRule(ABC):
     #: whether gathering many small gradients into one flat buffer (and scattering the
     #: update back) costs less than running the fused kernel on each tensor
     gather_pays_off: bool = True
+    #: whether :meth:`fused_update` overwrites the gradients it is given (the engine then
+    #: hands it a private copy, never ``param.grad`` itself)
+    fused_overwrites_grads: bool = False
 
     def supports(self, group: Mapping[str, Any]) -> bool:
         """Whether the rule computes exactly what its optimizer class would for ``group``."""

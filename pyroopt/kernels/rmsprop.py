@@ -20,10 +20,14 @@ import torch
 
 from pyroopt.kernels._coef import TensorList
 from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.fused_rms import fused_rms_update
 from pyroopt.kernels.weight_decay import directed_grads
 
 
 class RMSpropRule(UpdateRule):
+    has_fused = True  # without momentum or centering: see fused_update
+    fused_overwrites_grads = True
+
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys: tuple[str, ...] = ("square_avg",)
         if group["momentum"] > 0:
@@ -71,3 +75,26 @@ class RMSpropRule(UpdateRule):
             torch._foreach_add_(params, bufs, alpha=-lr)
         else:
             torch._foreach_addcdiv_(params, grads, avg, -lr)
+
+    def fused_update(
+        self,
+        params: TensorList,
+        grads: TensorList,
+        state: Mapping[str, TensorList],
+        steps: Sequence[int],
+        group: Mapping[str, Any],
+    ) -> bool:
+        """Plain RMSprop (no momentum, not centered) as one pass of torch's fused Adam;
+        see :mod:`pyroopt.kernels.fused_rms`. It does not depend on the step counts."""
+        if group["momentum"] > 0 or group["centered"]:
+            return False
+        return fused_rms_update(
+            params,
+            grads,
+            state["square_avg"],
+            lr=group["lr"],
+            beta=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )

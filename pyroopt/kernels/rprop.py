@@ -53,16 +53,20 @@ class RpropRule(UpdateRule):
             # torch creates the step size at a parameter's first step, filled with lr.
             mul_(step_sizes, coef([0.0 if t == 1 else 1.0 for t in steps]))
             torch._foreach_add_(step_sizes, coef([group["lr"] if t == 1 else 0.0 for t in steps]))
-        agreement = torch._foreach_mul(grads, prevs)
-        factors = [
-            torch.where(a > 0, eta_plus, torch.where(a < 0, eta_minus, 1.0)).to(a.dtype)
-            for a in agreement
-        ]
+        # sigma = sign(g g') in {-1, 0, 1}. Everything below is arithmetic on sigma:
+        # comparisons and torch.where cost several times more per element on CPU.
+        sigma = torch._foreach_mul(grads, prevs)
+        torch._foreach_sign_(sigma)
+        # The step-size factor as the parabola through (-1, eta_-), (0, 1), (1, eta_+).
+        half_spread, bend = (eta_plus - eta_minus) / 2, (eta_plus + eta_minus) / 2 - 1
+        factors = torch._foreach_mul(sigma, half_spread)
+        torch._foreach_add_(factors, 1.0)
+        torch._foreach_addcmul_(factors, sigma, sigma, bend)
         torch._foreach_mul_(step_sizes, factors)
         torch._foreach_clamp_min_(step_sizes, low)
         torch._foreach_clamp_max_(step_sizes, high)
-        kept = [
-            torch.where(a < 0, 0.0, g).to(g.dtype) for a, g in zip(agreement, grads, strict=True)
-        ]
-        torch._foreach_addcmul_(params, torch._foreach_sign(kept), step_sizes, -1)
-        torch._foreach_copy_(prevs, kept)
+        # g' <- g + g min(sigma, 0): zero where the sign flipped, g elsewhere, exactly.
+        torch._foreach_clamp_max_(sigma, 0.0)
+        torch._foreach_copy_(prevs, grads)
+        torch._foreach_addcmul_(prevs, grads, sigma)
+        torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
