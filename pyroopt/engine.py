@@ -246,11 +246,6 @@ class RuleBucket(Bucket):
             grads = [p.grad for p in params]
             if not params:
                 return
-        if any(map(_IS_SPARSE, grads)):
-            raise ValueError(
-                f"{self.constructor.__name__} does not support sparse gradients; "
-                "use pyroopt.SparseAdam for parameters with sparse gradients"
-            )
         self._ensure_layout()
         flat = (
             len(params) == len(self.params)
@@ -259,18 +254,30 @@ class RuleBucket(Bucket):
         )
         with torch.no_grad():
             if flat:
-                self._step_flat(grads)  # type: ignore[arg-type]
+                try:
+                    self._step_flat(grads)  # type: ignore[arg-type]
+                except RuntimeError:  # checked here, not on every step: this path is hot
+                    self._refuse_sparse(grads)  # type: ignore[arg-type]
+                    raise
             else:
+                self._refuse_sparse(grads)  # type: ignore[arg-type]
                 self._step_list(params, grads)  # type: ignore[arg-type]
 
+    def _refuse_sparse(self, grads: list[Tensor]) -> None:
+        if any(map(_IS_SPARSE, grads)):
+            raise ValueError(
+                f"{self.constructor.__name__} does not support sparse gradients; "
+                "use pyroopt.SparseAdam for parameters with sparse gradients"
+            )
+
     def _step_flat(self, grads: list[Tensor]) -> None:
+        grad, grad_target, work, work_target = self._flat_scratch()
+        self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
         self.steps = [t + 1 for t in self.steps]
         # All parameters at the same step (the usual case): one count stands for all,
         # and a fused kernel can update the whole flat buffer in one pass.
         uniform = min(self.steps) == max(self.steps)
         steps = self.steps[:1] if uniform else self.steps
-        grad, grad_target, work, work_target = self._flat_scratch()
-        self.flat.gather(grads, grad_target)
         reads = self.rule.reads_params(self.group)
         if reads:
             self.flat.gather(self.params, work_target)

@@ -82,6 +82,7 @@ class _Plan(NamedTuple):
     ids: frozenset[int]
     layout: int
     slots: list[_Slot]
+    clipped: list[_Slot]  # the slots with per-parameter clip arguments
     steps: list[tuple[Bucket, list[Tensor]]]
 
 
@@ -216,7 +217,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         if self.skip_nonfinite and not _all_finite(plan.slots):
             self._skip_step()
             return
-        self._clip(plan.slots)
+        self._clip(plan)
         for bucket, bucket_params in plan.steps:
             bucket.step(bucket_params, *args, **kwargs)
             if bucket.fresh and bucket.advances_group():
@@ -260,7 +261,8 @@ class PyroOptim(pyro.optim.PyroOptim):
             if len(bucket_params) < len(bucket.params) and bucket.advances_group():
                 members[self._split(bucket, bucket_params)] = members.pop(bucket)
         steps = [(b, b.order(members[b])) for b in self._buckets if b in members]
-        return _Plan(ids, self._layout, stepped, steps)
+        clipped = [slot for slot in stepped if slot.clip]
+        return _Plan(ids, self._layout, stepped, clipped, steps)
 
     @staticmethod
     def _check_new_param(p: Any) -> None:
@@ -409,13 +411,16 @@ class PyroOptim(pyro.optim.PyroOptim):
         result = self._call_per_param(self.pt_clip_args, self._clip_arity, name, "clip_args")
         return validate_clip_args(result, allow_global=False, where=f"clip_args for {name!r}")
 
-    def _clip(self, stepped: list[_Slot]) -> None:
+    def _clip(self, plan: _Plan) -> None:
         need_norms = self.track_grad_norms
+        if not (need_norms or plan.clipped or self._global_clip is not None):
+            return
+        stepped = plan.slots
         norm_clip: list[tuple[Tensor, float]] = []
         value_clip: list[tuple[Tensor, float]] = []
-        for slot in stepped:
+        for slot in plan.clipped:
             clip = slot.clip
-            if clip and slot.param.grad is not None:
+            if slot.param.grad is not None:
                 if "clip_norm" in clip:
                     norm_clip.append((slot.param, clip["clip_norm"]))
                 if "clip_value" in clip:

@@ -172,3 +172,25 @@ def test_sparse_gradients_get_a_clear_error(factory):
         getattr(pyroopt, factory)({"lr": 0.1})([p])
     with pytest.raises(ValueError, match="does not support sparse gradients"):
         optimizers.ClippedAdam([p]).step()
+
+
+@pytest.mark.parametrize("factory", ["Adam", "RMSprop", "ClippedAdam", "AdagradRMSProp"])
+def test_a_refused_sparse_gradient_changes_nothing(factory):
+    """One sparse gradient among dense ones (a flat bucket) is refused before any
+    parameter or step count moves: the next dense step equals a first step."""
+    pyro.clear_param_store()
+    args = {"eta": 0.1} if factory == "AdagradRMSProp" else {"lr": 0.1}
+    params = [pyro.param(n, torch.zeros(3, 2)).unconstrained() for n in ("a", "b")]
+    optim = getattr(pyroopt, factory)(args)
+    params[0].grad, params[1].grad = torch.ones(3, 2), torch.ones(3, 2).to_sparse()
+    with pytest.raises(ValueError, match="does not support sparse gradients"):
+        optim(params)
+    assert all(torch.equal(p.detach(), torch.zeros(3, 2)) for p in params)
+    params[1].grad = torch.ones(3, 2)
+    optim(params)
+    fresh = [torch.zeros(3, 2, requires_grad=True) for _ in range(2)]
+    for p in fresh:
+        p.grad = torch.ones(3, 2)
+    getattr(pyroopt, factory)(args)(fresh)
+    for ours, reference in zip(params, fresh, strict=True):
+        assert_close(ours, reference, rtol=0, atol=0)
