@@ -9,8 +9,9 @@ step count and state, and it speaks pyro.optim's per-parameter state format::
 Three kinds, fastest first (:func:`make_bucket` picks):
 
 - :class:`RuleBucket` runs an update rule pyroopt owns (:mod:`pyroopt.kernels`) on one
-  flat buffer per state over the whole bucket. Gradients are gathered with one
-  ``_foreach_copy_`` and the update is scattered back with one ``_foreach_add_``.
+  flat buffer per state over the whole bucket. Gradients are gathered with
+  ``torch.cat``; parameters live in a flat buffer of their own where that is safe
+  (:mod:`pyroopt.seating`), so the update needs no scatter.
 - :class:`TorchBucket` holds one torch optimizer over all the bucket's parameters,
   with ``fused=True`` where torch supports it, else ``foreach=True``.
 - :class:`PerParamBucket` holds one optimizer per parameter, exactly as pyro.optim
@@ -35,6 +36,7 @@ from pyroopt.flat import FlatLayout, Target
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.registry import group_rule, is_group_safe, rule_for
+from pyroopt.seating import FlatValues
 
 Group = dict[str, Any]
 _IS_SPARSE = operator.attrgetter("is_sparse")
@@ -171,6 +173,7 @@ class RuleBucket(Bucket):
         self._views: dict[str, list[Tensor]] = {}
         self._target: GroupOptimizer | None = None
         self._copy_buffer: Tensor | None = None
+        self._values: FlatValues | None = None  # while the bucket steps flat
 
     def schedule_target(self) -> Optimizer:
         if self._target is None:
@@ -216,18 +219,28 @@ class RuleBucket(Bucket):
             self._flat[k] = zeros()
             self._views[k] = layout.views(self._flat[k])
             torch._foreach_copy_(self._views[k], [old[p][k] for p in self.params])
-        self._scratch: tuple[Tensor, Target, Tensor, Target] | None = None
+        self._scratch: tuple[Tensor, Target] | None = None
         self._loose = {}
         self._layout_params = self.params
+        if self._flat_capable():
+            self._values = FlatValues(self.params, layout, self._values)
+        elif self._values is not None:
+            self._values.release(())
+            self._values = None
 
-    def _flat_scratch(self) -> tuple[Tensor, Target, Tensor, Target]:
-        """Flat gradient and work buffers, made on first use (large buckets never need
-        them: they update each tensor in place)."""
+    def _flat_capable(self) -> bool:
+        """Whether a call passing every parameter runs on flat buffers: small parameters
+        (where per-tensor costs dominate) and a rule for which gathering pays off."""
+        return self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params) and (
+            self.rule.gather_pays_off or not self._fusable()
+        )
+
+    def _flat_scratch(self) -> tuple[Tensor, Target]:
+        """The flat gradient buffer, made on first use."""
         if self._scratch is None:
             like = self.params[0]
             grad = torch.zeros(self.numel, dtype=like.dtype, device=like.device)
-            work = torch.zeros_like(grad)
-            self._scratch = (grad, self.flat.target(grad), work, self.flat.target(work))
+            self._scratch = (grad, self.flat.target(grad))
         return self._scratch
 
     # -- stepping ---------------------------------------------------------------
@@ -247,11 +260,7 @@ class RuleBucket(Bucket):
             if not params:
                 return
         self._ensure_layout()
-        flat = (
-            len(params) == len(self.params)
-            and self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params)
-            and (self.rule.gather_pays_off or not self._fusable())
-        )
+        flat = len(params) == len(self.params) and self._values is not None
         with torch.no_grad():
             if flat:
                 try:
@@ -271,30 +280,30 @@ class RuleBucket(Bucket):
             )
 
     def _step_flat(self, grads: list[Tensor]) -> None:
-        grad, grad_target, work, work_target = self._flat_scratch()
+        values = self._values
+        assert values is not None
+        if not values.intact():  # a parameter was given new storage: take its values
+            self._layout_params = []
+            self._ensure_layout()
+            values = self._values
+            assert values is not None
+        grad, grad_target = self._flat_scratch()
         self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
         self.steps = [t + 1 for t in self.steps]
         # All parameters at the same step (the usual case): one count stands for all,
         # and a fused kernel can update the whole flat buffer in one pass.
         uniform = min(self.steps) == max(self.steps)
         steps = self.steps[:1] if uniform else self.steps
-        reads = self.rule.reads_params(self.group)
-        if reads:
-            self.flat.gather(self.params, work_target)
-        else:
-            work.zero_()
+        buffer = values.loaded()
         state = {k: [self._flat[k]] for k in self.keys}
-        sizes, numel, like = self.sizes, self.numel, work
+        sizes, numel = self.sizes, self.numel
 
         def coef(values: Any) -> Any:
-            return per_param(values, sizes, numel, like)
+            return per_param(values, sizes, numel, buffer)
 
-        if not (uniform and self._fuse([work], [grad], state, steps)):
-            self.rule.update([work], [grad], state, steps, self.group, coef)
-        if reads:
-            torch._foreach_copy_(self.params, work_target.views)
-        else:
-            torch._foreach_add_(self.params, work_target.views)
+        if not (uniform and self._fuse([buffer], [grad], state, steps)):
+            self.rule.update([buffer], [grad], state, steps, self.group, coef)
+        values.stored()
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
         rows = [self.index[id(p)] for p in live]

@@ -1,0 +1,173 @@
+"""Parameters seated in a flat buffer behave exactly like parameters updated in place."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+from torch.testing import assert_close
+
+import pyroopt
+from pyroopt.engine import RuleBucket, full_group
+from pyroopt.registry import RULES
+from pyroopt.seating import FlatValues, _storage_users
+
+NAMES = ("a", "b", "c")
+
+
+def _params():
+    return [pyro.param(n, torch.full((3,), float(i))).unconstrained() for i, n in enumerate(NAMES)]
+
+
+def _step(optim, params, step):
+    for i, p in enumerate(params):
+        with torch.no_grad():
+            p.grad = torch.sin(2 * p + step) + 0.1 * i
+    optim(params)
+
+
+def _holds(tensors, t):
+    return any(x is t for x in tensors)
+
+
+def _bucket_values(optim):
+    (bucket,) = optim._buckets
+    return bucket._values
+
+
+def test_parameters_are_seated_and_the_buffer_is_their_only_copy():
+    params = _params()
+    optim = pyroopt.Adam({"lr": 0.1})
+    _step(optim, params, 0)
+    values = _bucket_values(optim)
+    assert values.seated == params
+    # the buffer, the three parameters, nothing else
+    assert _storage_users(values.buffer) == 1 + len(params)
+    assert params[1].detach().abs().min() > 0
+    values.buffer.zero_()  # writing the buffer writes the parameters
+    assert torch.equal(params[1].detach(), torch.zeros(3))
+
+
+def test_a_view_taken_before_the_first_step_keeps_following_its_parameter():
+    params = _params()
+    view = params[0].detach()  # shares storage: seating would leave it behind
+    optim = pyroopt.Adam({"lr": 0.1})
+    for step in range(3):
+        _step(optim, params, step)
+    assert _holds(_bucket_values(optim).unseated, params[0])
+    assert torch.equal(view, params[0].detach())
+    assert not torch.equal(view, torch.zeros(3))
+
+
+def test_a_view_taken_after_seating_survives_a_new_parameter_joining():
+    params = _params()
+    optim = pyroopt.Adam({"lr": 0.1})
+    _step(optim, params, 0)
+    view = params[2].detach()
+    late = pyro.param("late", torch.ones(2)).unconstrained()
+    for step in range(1, 4):
+        _step(optim, [*params, late], step)
+    assert torch.equal(view, params[2].detach())
+    # the earlier parameters could not move; the newcomer could be seated
+    values = _bucket_values(optim)
+    assert _holds(values.seated, late) and _holds(values.unseated, params[2])
+
+
+def test_without_outside_views_parameters_move_and_the_old_buffer_is_freed():
+    params = _params()
+    optim = pyroopt.Adam({"lr": 0.1})
+    _step(optim, params, 0)
+    old = _bucket_values(optim).buffer
+    late = pyro.param("late", torch.ones(2)).unconstrained()
+    _step(optim, [*params, late], 1)
+    values = _bucket_values(optim)
+    assert values.seated == [*params, late]
+    assert _storage_users(old) == 1  # only our local name for it is left
+
+
+def test_a_removed_parameter_gets_storage_of_its_own():
+    a, b = torch.zeros(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    group = full_group(torch.optim.Adam, {"lr": 0.1}, a)
+    bucket = RuleBucket(torch.optim.Adam, group, RULES[torch.optim.Adam])
+    bucket.add(a)
+    bucket.add(b)
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    bucket.step([a, b])
+    first = bucket._values.buffer
+    bucket.remove(a)
+    bucket.step([b])  # rebuilds the layout without a
+    assert bucket._values.buffer.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+    assert _storage_users(a) == 1 and _storage_users(first) == 1
+
+
+def _reseat_program(make_optim, reseat):
+    pyro.clear_param_store()
+    params = _params()
+    optim = make_optim()
+    out = []
+    for step in range(8):
+        if step in reseat:
+            with torch.no_grad():
+                params[1].data = torch.full((3,), 10.0 + step)
+        _step(optim, params, step)
+        out.append(torch.stack([p.detach().clone() for p in params]))
+    return out
+
+
+def test_a_parameter_given_new_storage_is_followed_as_pyro_optim_follows_it():
+    reseat = {3, 6}
+    ours = _reseat_program(lambda: pyroopt.Adam({"lr": 0.1}), reseat)
+    theirs = _reseat_program(lambda: pyro.optim.Adam({"lr": 0.1}), reseat)
+    for step, (x, y) in enumerate(zip(ours, theirs, strict=True)):
+        assert_close(x, y, rtol=1e-12, atol=1e-12, msg=f"step {step}")
+
+
+def test_pyro_module_attribute_assignment_mid_training():
+    """PyroModule writes a new value into an existing parameter with ``.data =``."""
+
+    def train(make_optim):
+        pyro.clear_param_store()
+        module = PyroModule()
+        module.loc = PyroParam(torch.zeros(3))
+        module.scale = PyroParam(torch.ones(3), constraint=constraints.positive)
+        optim = make_optim()
+        for step in range(6):
+            if step == 3:
+                module.scale = torch.full((3,), 2.0)
+            loss = ((module.loc - 1.0) ** 2 * module.scale).sum() + module.scale.sum()
+            loss.backward()
+            params = list(module.parameters())  # the unconstrained tensors
+            optim(params)
+            for p in params:
+                p.grad = None
+        return module.loc.detach().clone(), module.scale.detach().clone()
+
+    ours = train(lambda: pyroopt.Adam({"lr": 0.1}))
+    theirs = train(lambda: pyro.optim.Adam({"lr": 0.1}))
+    assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make_optim", [pyroopt.Adam, pyro.optim.Adam], ids=["pyroopt", "pyro"])
+def test_autograd_still_sees_that_a_step_changed_a_saved_parameter(make_optim):
+    params = _params()
+    optim = make_optim({"lr": 0.1})
+    _step(optim, params, 0)  # seat them
+    loss = (params[0] * params[0]).sum()  # saves params[0] for backward
+    _step(optim, params, 1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_storage_shared_by_design_stays_shared():
+    """A parameter made from a tensor the caller keeps (tying by storage) is not moved."""
+    tied = torch.zeros(3)
+    p = torch.nn.Parameter(tied)
+    q = torch.nn.Parameter(torch.zeros(2))
+    values = FlatValues([p, q], pyroopt.flat.FlatLayout([p.shape, q.shape]), previous=None)
+    assert values.unseated == [p] and values.seated == [q]
+    values.buffer.add_(1.0)
+    values.stored()
+    assert torch.equal(tied, torch.ones(3)) and torch.equal(q.detach(), torch.ones(2))
