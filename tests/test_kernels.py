@@ -163,3 +163,28 @@ def test_rule_matches_torch(monkeypatch, cls, args, layout, fused, mixed):
             # except by ClippedAdam, which clamps them in place as pyro's does.
             if cls is not optimizers.ClippedAdam and given[name] is not None:
                 assert torch.equal(ours[name].grad, given[name]), f"{name}@{step}: grad changed"
+
+
+@pytest.mark.parametrize("layout", ["flat", "per-tensor"])
+def test_rprop_with_infinite_and_nan_gradients_moves_parameters_as_torch(monkeypatch, layout):
+    """Rprop reads only signs: torch survives an infinite gradient. So does the rule."""
+    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
+    inf, nan = float("inf"), float("nan")
+    grads = [
+        torch.tensor([1.0, -1.0, 2.0, 1.0, 0.5]),
+        torch.tensor([inf, inf, -inf, nan, 1.0]),  # flips sign at 1 and 2
+        torch.tensor([1.0, -2.0, inf, 3.0, -1.0]),
+        torch.tensor([-1.0, 1.0, 1.0, 1.0, nan]),
+    ]
+    ours, theirs = torch.zeros(5, requires_grad=True), torch.zeros(5, requires_grad=True)
+    group = full_group(torch.optim.Rprop, {"lr": 0.1}, ours)
+    bucket = RuleBucket(torch.optim.Rprop, group, RULES[torch.optim.Rprop])
+    bucket.add(ours)
+    reference = torch.optim.Rprop([theirs], lr=0.1, foreach=False)
+    for g in grads:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        bucket.step([ours])
+        reference.step()
+        assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+        ours_size = bucket.state_dict(ours)["state"][0]["step_size"]
+        assert_close(ours_size, reference.state[theirs]["step_size"], rtol=0, atol=0)

@@ -17,13 +17,13 @@ with ``etas`` :math:`(\eta_-, \eta_+)` and ``step_sizes`` :math:`(\Delta_{\min},
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import TensorList, mul_
-from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels._coef import mul_
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 
 
@@ -31,18 +31,8 @@ class RpropRule(UpdateRule):
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("prev", "step_size")
 
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        return False
-
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        params, grads, state, steps = batch
         eta_minus, eta_plus = group["etas"]
         low, high = group["step_sizes"]
         prevs, step_sizes = state["prev"], state["step_size"]
@@ -53,20 +43,25 @@ class RpropRule(UpdateRule):
             # torch creates the step size at a parameter's first step, filled with lr.
             mul_(step_sizes, coef([0.0 if t == 1 else 1.0 for t in steps]))
             torch._foreach_add_(step_sizes, coef([group["lr"] if t == 1 else 0.0 for t in steps]))
-        # sigma = sign(g g') in {-1, 0, 1}. Everything below is arithmetic on sigma:
-        # comparisons and torch.where cost several times more per element on CPU.
-        sigma = torch._foreach_mul(grads, prevs)
-        torch._foreach_sign_(sigma)
-        # The step-size factor as the parabola through (-1, eta_-), (0, 1), (1, eta_+).
-        half_spread, bend = (eta_plus - eta_minus) / 2, (eta_plus + eta_minus) / 2 - 1
-        factors = torch._foreach_mul(sigma, half_spread)
+        # The previous gradients are only read through sigma = sign(g g'), so sigma is
+        # computed in their place. sign(NaN) is 0 in torch, as "neither > 0 nor < 0".
+        torch._foreach_mul_(prevs, grads)
+        torch._foreach_sign_(prevs)
+        # Everything below is arithmetic on sigma in {-1, 0, 1}: comparisons and
+        # torch.where cost several times more per element on CPU. The factor is
+        # 1 + (eta_+ - 1) max(sigma, 0) + (1 - eta_-) min(sigma, 0), which is eta_+,
+        # eta_- or 1 exactly for etas in [0.5, 2] (the differences with 1 are exact).
+        factors = torch._foreach_clamp_min(prevs, 0.0)
+        torch._foreach_mul_(factors, eta_plus - 1.0)
         torch._foreach_add_(factors, 1.0)
-        torch._foreach_addcmul_(factors, sigma, sigma, bend)
+        torch._foreach_clamp_max_(prevs, 0.0)
+        torch._foreach_add_(factors, prevs, alpha=1.0 - eta_minus)
         torch._foreach_mul_(step_sizes, factors)
         torch._foreach_clamp_min_(step_sizes, low)
         torch._foreach_clamp_max_(step_sizes, high)
-        # g' <- g + g min(sigma, 0): zero where the sign flipped, g elsewhere, exactly.
-        torch._foreach_clamp_max_(sigma, 0.0)
-        torch._foreach_copy_(prevs, grads)
-        torch._foreach_addcmul_(prevs, grads, sigma)
+        # g' <- g (1 + min(sigma, 0)): zero where the sign flipped, g elsewhere. (An
+        # infinite g whose sign flipped gives NaN where torch stores 0; both read as
+        # sigma = 0 next step, and sign(NaN) = 0 leaves the parameter as torch does.)
+        torch._foreach_add_(prevs, 1.0)
+        torch._foreach_mul_(prevs, grads)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
