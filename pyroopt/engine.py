@@ -35,6 +35,7 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_sca
 from pyroopt.flat import FlatLayout, Target
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
+from pyroopt.kernels.base import Batch
 from pyroopt.registry import group_rule, is_group_safe, rule_for
 from pyroopt.seating import FlatValues
 
@@ -231,9 +232,10 @@ class RuleBucket(Bucket):
     def _flat_capable(self) -> bool:
         """Whether a call passing every parameter runs on flat buffers: small parameters
         (where per-tensor costs dominate) and a rule for which gathering pays off."""
-        return self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params) and (
-            self.rule.gather_pays_off or not self._fusable()
-        )
+        limit = FLAT_MAX_AVG_NUMEL
+        if self.rule.fused_flat_max_avg_numel is not None and self._fusable():
+            limit = min(limit, self.rule.fused_flat_max_avg_numel)
+        return self.numel <= limit * len(self.params)
 
     def _flat_scratch(self) -> tuple[Tensor, Target]:
         """The flat gradient buffer, made on first use."""
@@ -289,10 +291,11 @@ class RuleBucket(Bucket):
             assert values is not None
         grad, grad_target = self._flat_scratch()
         self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
-        self.steps = [t + 1 for t in self.steps]
         # All parameters at the same step (the usual case): one count stands for all,
         # and a fused kernel can update the whole flat buffer in one pass.
-        uniform = min(self.steps) == max(self.steps)
+        first, n = self.steps[0], len(self.steps)
+        uniform = self.steps.count(first) == n  # C-level loops: this is hot
+        self.steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]
         steps = self.steps[:1] if uniform else self.steps
         buffer = values.loaded()
         state = {k: [self._flat[k]] for k in self.keys}
@@ -301,8 +304,9 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, sizes, numel, buffer)
 
-        if not (uniform and self._fuse([buffer], [grad], state, steps)):
-            self.rule.update([buffer], [grad], state, steps, self.group, coef)
+        batch = Batch([buffer], [grad], state, steps)
+        if not (uniform and self._fuse(batch)):
+            self.rule.update(batch, self.group, coef)
         values.stored()
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
@@ -316,13 +320,14 @@ class RuleBucket(Bucket):
         def coef(values: Any) -> Any:
             return per_param(values, None, 0, like)
 
-        if not self.rule.fused_overwrites_grads and self._fuse(live, grads, state, steps):
+        batch = Batch(live, grads, state, steps)
+        if not self.rule.fused_overwrites_grads and self._fuse(batch):
             return
-        for piece in _pieces(live, grads, state, steps):
+        for piece in _pieces(batch):
             if not self._fuse_on_copy(piece):
-                self.rule.update(*piece, self.group, coef)
+                self.rule.update(piece, self.group, coef)
 
-    def _fuse_on_copy(self, piece: Piece) -> bool:
+    def _fuse_on_copy(self, piece: Batch) -> bool:
         """Run a fused kernel that overwrites its gradients on a copy of them.
 
         The copy is one cache-sized piece at a time, so it costs little memory traffic:
@@ -330,23 +335,17 @@ class RuleBucket(Bucket):
         """
         if not (self.rule.fused_overwrites_grads and self._fusable()):
             return False
-        params, grads, state, steps = piece
+        grads = piece.grads
         numel = sum(g.numel() for g in grads)
         if self._copy_buffer is None or self._copy_buffer.numel() < numel:
             self._copy_buffer = torch.empty(numel, dtype=grads[0].dtype, device=grads[0].device)
         copies = FlatLayout([g.shape for g in grads]).views(self._copy_buffer[:numel])
-        torch._foreach_copy_(copies, grads)
-        return self._fuse(params, copies, state, steps)
+        torch._foreach_copy_(copies, list(grads))
+        return self._fuse(piece._replace(grads=copies))
 
-    def _fuse(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        state: Mapping[str, list[Tensor]],
-        steps: list[int],
-    ) -> bool:
+    def _fuse(self, batch: Batch) -> bool:
         """Run the rule's fused kernel if the device has one; ``False`` if not run."""
-        return self._fusable() and self.rule.fused_update(params, grads, state, steps, self.group)
+        return self._fusable() and self.rule.fused_update(batch, self.group)
 
     def _fusable(self) -> bool:
         return self.rule.has_fused and self.params[0].device.type in self._fused_devices
@@ -387,23 +386,18 @@ class RuleBucket(Bucket):
         self.steps[i] = step
 
 
-Piece = tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[int]]
 _Item = tuple[Tensor, Tensor, dict[str, Tensor], int]
 
 
-def _pieces(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: Mapping[str, list[Tensor]],
-    steps: list[int],
-) -> list[Piece]:
+def _pieces(whole: Batch) -> list[Batch]:
     """Split an update into pieces of about ``CHAIN_PIECE_NUMEL`` elements.
 
     Small tensors are batched together; a large contiguous tensor is cut into flat
     slices (the rules are elementwise, and each slice keeps its parameter's step).
     """
+    params, grads, state, steps = whole
     if sum(p.numel() for p in params) <= CHAIN_PIECE_NUMEL:
-        return [(params, grads, dict(state), steps)]
+        return [whole]
     items: list[_Item] = []
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         own = {k: state[k][i] for k in state}
@@ -421,7 +415,7 @@ def _pieces(
                     steps[i],
                 )
             )
-    pieces: list[Piece] = []
+    pieces: list[Batch] = []
     batch: list[_Item] = []
     size = 0
     for item in items:
@@ -434,8 +428,8 @@ def _pieces(
     return pieces
 
 
-def _transpose(items: list[_Item]) -> Piece:
-    return (
+def _transpose(items: list[_Item]) -> Batch:
+    return Batch(
         [item[0] for item in items],
         [item[1] for item in items],
         {k: [item[2][k] for item in items] for k in items[0][2]},

@@ -31,7 +31,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from pyroopt.kernels._coef import per_param
 from pyroopt.kernels.adagrad_rmsprop import AdagradRMSPropRule
-from pyroopt.kernels.base import UpdateRule
+from pyroopt.kernels.base import Batch, UpdateRule
 from pyroopt.kernels.clipped_adam import ClippedAdamRule
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -110,14 +110,8 @@ class RuleOptimizer(Optimizer):
         as_real = [_real(p) for p in params]
         lists = {k: [_real(state[k]) for state in states] for k in self.rule.state_keys(group)}
         like = as_real[0]
-        self.rule.update(
-            as_real,
-            [_real(g) for g in grads],  # type: ignore[arg-type]
-            lists,
-            steps,
-            group,
-            lambda values: per_param(values, None, 0, like),
-        )
+        batch = Batch(as_real, [_real(g) for g in grads], lists, steps)  # type: ignore[arg-type]
+        self.rule.update(batch, group, lambda values: per_param(values, None, 0, like))
 
 
 def _real(t: Tensor) -> Tensor:

@@ -14,13 +14,13 @@ are those of :class:`pyro.optim.adagrad_rmsprop.AdagradRMSProp`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import TensorList, addcdiv_, addcmul_, mul_
-from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels._coef import addcdiv_, addcmul_, mul_
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.fused_rms import fused_rms_update
 
 
@@ -33,18 +33,8 @@ class AdagradRMSPropRule(UpdateRule):
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("sum",)
 
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        return False
-
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        params, grads, state, steps = batch
         sums, tau = state["sum"], group["t"]
         mul_(sums, coef([1.0 - tau if t > 1 else 0.0 for t in steps]))
         addcmul_(sums, grads, grads, coef([tau if t > 1 else 1.0 for t in steps]))
@@ -53,18 +43,12 @@ class AdagradRMSPropRule(UpdateRule):
         neg_lr = coef([-(group["eta"] * t ** (-0.5 + group["delta"])) for t in steps])
         addcdiv_(params, grads, denom, neg_lr)
 
-    def fused_update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-    ) -> bool:
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         r"""Steps after the first as one pass of torch's fused Adam: the RMS step of
         :mod:`pyroopt.kernels.fused_rms` with :math:`\beta = 1-\tau`, :math:`\epsilon = 1`
         and :math:`\mathrm{lr} = \eta t^{-1/2+\delta}`, which needs one :math:`t` for all
         tensors. The first step sets :math:`s = g^2` and has no such form."""
+        params, grads, state, steps = batch
         t = steps[0]
         if t == 1 or min(steps) != max(steps):
             return False

@@ -18,11 +18,12 @@ Example::
 
     >>> import torch
     >>> from pyroopt.kernels.adam import ADAM
+    >>> from pyroopt.kernels.base import Batch
     >>> group = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
     ...              amsgrad=False, maximize=False)
     >>> p, g = [torch.zeros(3)], [torch.ones(3)]
     >>> state = {k: [torch.zeros(3)] for k in ADAM.state_keys(group)}
-    >>> ADAM.update(p, g, state, [1], group, lambda v: float(v[0]))
+    >>> ADAM.update(Batch(p, g, state, [1]), group, lambda v: float(v[0]))
     >>> p[0]
     tensor([-0.0010, -0.0010, -0.0010])
 """
@@ -30,13 +31,13 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import TensorList, addcdiv_
-from pyroopt.kernels.base import CoefFn, UpdateRule, step_tensors
+from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule, step_tensors
 from pyroopt.kernels.weight_decay import directed_grads
 
 
@@ -50,18 +51,8 @@ class AdamRule(UpdateRule):
         keys = ("exp_avg", "exp_avg_sq")
         return (*keys, "max_exp_avg_sq") if group["amsgrad"] else keys
 
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        return group["weight_decay"] != 0
-
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        params, grads, state, steps = batch
         beta1, beta2 = group["betas"]
         lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
         decoupled = self.decoupled or group.get("decoupled_weight_decay", False)
@@ -87,14 +78,8 @@ class AdamRule(UpdateRule):
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
 
-    def fused_update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-    ) -> bool:
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, steps = batch
         decoupled = self.decoupled or group.get("decoupled_weight_decay", False)
         kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         beta1, beta2 = group["betas"]

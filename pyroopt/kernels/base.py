@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,15 +18,29 @@ IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
 CoefFn = Callable[[Sequence[float]], Coef]
 
 
+class Batch(NamedTuple):
+    """What one call of an update rule updates, as lists of tensors.
+
+    Either one entry per parameter or a single flat buffer covering all of them.
+    ``state`` maps each of the rule's state keys to such a list, and ``steps`` holds the
+    step counts *after* this step (1 on a parameter's first step): one per parameter,
+    or a single count standing for all of them.
+    """
+
+    params: TensorList
+    grads: TensorList
+    state: Mapping[str, TensorList]
+    steps: Sequence[int]
+
+
 class UpdateRule(ABC):
     """An optimization algorithm as a functional update over many tensors at once.
 
     The engine keeps, for every parameter of a bucket, the state tensors named by
     :meth:`state_keys` (zero-initialised, in the parameter's shape) and a step count.
-    :meth:`update` receives lists of tensors: either one entry per parameter or a single
-    flat buffer covering all of them. ``steps`` are the step counts *after* this step
-    (1 on a parameter's first step) and ``coef`` turns per-parameter values into a
-    coefficient of the right form (see :mod:`pyroopt.kernels._coef`).
+    :meth:`update` receives a :class:`Batch` of them and ``coef``, which turns
+    per-parameter values into a coefficient of the right form for the batch (see
+    :mod:`pyroopt.kernels._coef`).
 
     A rule follows the hyperparameters, numerics and state format of the optimizer
     class it stands for (:mod:`pyroopt.registry` says which), so that state dicts
@@ -41,9 +55,10 @@ class UpdateRule(ABC):
     state_before_first_step: bool = False
     #: whether :meth:`fused_update` can run (a torch fused kernel computes this rule)
     has_fused: bool = False
-    #: whether gathering many small gradients into one flat buffer (and scattering the
-    #: update back) costs less than running the fused kernel on each tensor
-    gather_pays_off: bool = True
+    #: with a fused kernel at hand, the largest average parameter size at which
+    #: gathering the gradients into one flat buffer still costs less than running the
+    #: kernel on each tensor (``None``: the engine's ``FLAT_MAX_AVG_NUMEL``)
+    fused_flat_max_avg_numel: int | None = None
     #: whether :meth:`fused_update` overwrites the gradients it is given (the engine then
     #: hands it a private copy, never ``param.grad`` itself)
     fused_overwrites_grads: bool = False
@@ -63,20 +78,8 @@ class UpdateRule(ABC):
         """Names of the per-parameter state tensors, in torch's key names."""
 
     @abstractmethod
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        """Whether the update depends on the parameter values (e.g. weight decay)."""
-
-    @abstractmethod
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
-        """Update ``params`` and ``state`` in place. ``grads`` may be modified."""
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        """Update the batch's parameters and state in place. Its gradients may be modified."""
 
     def advances_group(self, group: Mapping[str, Any]) -> bool:
         """Whether every call of ``step`` changes ``group`` (e.g. ClippedAdam's ``lrd``)."""
@@ -86,14 +89,7 @@ class UpdateRule(ABC):
         """Change ``group`` as one call of the optimizer's ``step`` does, before updating."""
         return None  # most optimizers never change their hyperparameters
 
-    def fused_update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-    ) -> bool:
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         """The same update in one pass of a torch fused kernel, where one exists.
 
         Returns ``False`` (having changed nothing) when no fused kernel can compute it;

@@ -21,13 +21,13 @@ works on a flat copy of the gradients): do not read gradients after the step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import TensorList, addcdiv_
-from pyroopt.kernels.base import CoefFn, UpdateRule, step_tensors
+from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule, step_tensors
 from pyroopt.kernels.weight_decay import directed_grads
 
 
@@ -38,24 +38,14 @@ class ClippedAdamRule(UpdateRule):
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        return group["weight_decay"] != 0
-
     def advances_group(self, group: Mapping[str, Any]) -> bool:
         return group["lrd"] != 1
 
     def advance_group(self, group: dict[str, Any]) -> None:
         group["lr"] *= group["lrd"]
 
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        params, grads, state, steps = batch
         beta1, beta2 = group["betas"]
         lr, clip = group["lr"], group["clip_norm"]
         for g in grads:  # in place, as pyro's ClippedAdam does: no new memory per step
@@ -74,14 +64,7 @@ class ClippedAdamRule(UpdateRule):
         neg_step_size = coef([-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps])
         addcdiv_(params, exp_avgs, denom, neg_step_size)
 
-    def fused_update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-    ) -> bool:
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         r"""ClippedAdam as one pass of torch's fused Adam, on clamped gradients.
 
         Adam divides by :math:`\sqrt{v}/k + \epsilon'` with :math:`k=\sqrt{1-\beta_2^t}`
@@ -90,6 +73,7 @@ class ClippedAdamRule(UpdateRule):
         \epsilon)`, ClippedAdam's. That holds for one :math:`t` at a time, so all
         tensors must be at the same step; the centered variance has no fused form.
         """
+        params, grads, state, steps = batch
         if group["centered_variance"] or min(steps) != max(steps):
             return False
         beta1, beta2 = group["betas"]

@@ -13,13 +13,12 @@ r"""RMSprop (Hinton, 2012; centered form from Graves, 2013), as torch computes i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import TensorList
-from pyroopt.kernels.base import CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.fused_rms import fused_rms_update
 from pyroopt.kernels.weight_decay import directed_grads
 
@@ -36,18 +35,8 @@ class RMSpropRule(UpdateRule):
             keys += ("grad_avg",)
         return keys
 
-    def reads_params(self, group: Mapping[str, Any]) -> bool:
-        return group["weight_decay"] != 0
-
-    def update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-        coef: CoefFn,
-    ) -> None:
+    def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
+        params, grads, state, _steps = batch
         lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
         grads = directed_grads(
             params,
@@ -76,16 +65,10 @@ class RMSpropRule(UpdateRule):
         else:
             torch._foreach_addcdiv_(params, grads, avg, -lr)
 
-    def fused_update(
-        self,
-        params: TensorList,
-        grads: TensorList,
-        state: Mapping[str, TensorList],
-        steps: Sequence[int],
-        group: Mapping[str, Any],
-    ) -> bool:
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         """Plain RMSprop (no momentum, not centered) as one pass of torch's fused Adam;
         see :mod:`pyroopt.kernels.fused_rms`. It does not depend on the step counts."""
+        params, grads, state, _steps = batch
         if group["momentum"] > 0 or group["centered"]:
             return False
         return fused_rms_update(
