@@ -21,7 +21,8 @@ from pyro.infer import SVI, Trace_ELBO
 from torch.testing import assert_close
 
 import pyroopt
-from pyroopt.distributed import shard, shard_bounds
+from pyroopt.distributed import DistributedPyroOptim, shard, shard_bounds
+from pyroopt.distributed.collectives import Collectives
 
 JOBS = Path(__file__).parent / "distributed_jobs"
 sys.path.insert(0, str(JOBS))
@@ -100,6 +101,37 @@ def reference_svi(steps: int, late_from: int, late_init: float) -> list[dict]:
         svi.step(x, y, None, step >= late_from)
         snaps.append(as_tensors(regression.snapshot()))
     return snaps
+
+
+def step_lr():
+    return pyroopt.StepLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "step_size": 2, "gamma": 0.5}
+    )
+
+
+def plateau():
+    return pyroopt.ReduceLROnPlateau(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "patience": 0, "factor": 0.5}
+    )
+
+
+def reference_scheduled(optim, seed: int, steps: int, late_from: int | None = None) -> dict:
+    """Single-process SVI on the full batch with one schedule step per SVI step."""
+    regression._LATE_INIT[0] = 10.0
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    x, y = regression.data()
+    svi = SVI(regression.model, regression.guide, optim, Trace_ELBO())
+    out: dict = {"params": [], "lrs": []}
+    for step in range(1, steps + 1):
+        loss = svi.step(x, y, None, late_from is not None and step >= late_from)
+        if optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau:
+            optim.step(loss)  # the full-batch loss: the mean of the workers' losses
+        else:
+            optim.step()
+        out["params"].append(as_tensors(regression.snapshot()))
+        out["lrs"].append(optim.get_last_lr())
+    return out
 
 
 def reference_accumulated(calls: int, passes: int) -> list[dict]:
@@ -209,10 +241,71 @@ def test_gradient_accumulation_matches_summed_passes(runs, backend):
 def test_mismatched_parameters_raise_instead_of_hanging(runs, backend):
     r0, r1 = runs(backend, "mismatch")
     for r in (r0, r1):
-        first, late = r["errors"]
+        first, late, shaped = r["errors"]
         assert first is not None and "rank 1 has ['only_on_rank_1'], which rank 0 lacks" in first
         assert late is not None and "rank 1 lacks ['late'], which rank 0 has" in late
+        assert shaped is not None
+        assert "'shaped' is torch.float64[3] on rank 1 but torch.float64[2] on rank 0" in shaped
     assert r0["after"] == r1["after"]  # the workers could go on together
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("label", "make_schedule", "seed", "steps", "late_from"),
+    [("step_lr", step_lr, 4, 6, 3), ("plateau_svi", plateau, 5, 8, None)],
+)
+def test_wrapped_schedule_matches_single_process(
+    runs, backend, label, make_schedule, seed, steps, late_from
+):
+    r0, r1 = runs(backend, "schedules")
+    got0, got1 = r0[label], r1[label]
+    assert got0["params"] == got1["params"]  # bit for bit across ranks
+    assert got0["lrs"] == got1["lrs"]
+    reference = reference_scheduled(make_schedule(), seed, steps, late_from)
+    assert got0["lrs"] == reference["lrs"]  # the same decisions as one process
+    for step, (got, want) in enumerate(zip(got0["params"], reference["params"], strict=True), 1):
+        assert_close(as_tensors(got), want, **REF_TOL, msg=f"{label} step {step}")
+    lrs = [lr for step_lrs in got0["lrs"] for lr in step_lrs.values()]
+    assert min(lrs) < 0.05  # the schedule did lower the lr
+    # one collective per steady SVI step; a plateau step adds one for its metric
+    assert got0["step_collectives"][1] == 1 and got0["step_collectives"][-1] == 1
+    per_schedule_step = 1 if label == "plateau_svi" else 0
+    assert got0["schedule_collectives"] == [per_schedule_step] * steps
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plateau_decides_on_the_mean_metric_alike_on_all_ranks(runs, backend):
+    r0, r1 = runs(backend, "schedules")
+    got0, got1 = r0["plateau_local_metrics"], r1["plateau_local_metrics"]
+    assert got0["lrs"] == got1["lrs"] and got0["v"] == got1["v"]
+    means = [(a + b) / 2 for a, b in zip(got0["metrics"], got1["metrics"], strict=True)]
+    v = pyro.param("v", torch.zeros(2)).unconstrained()
+    optim = plateau()
+    want = []
+    for mean in means:
+        v.grad = torch.ones(2)
+        optim([v])
+        optim.step(mean)
+        want.append(optim.get_last_lr()["v"])
+    assert got0["lrs"] == want
+    # rank 0's own falling metrics would never lower the lr; the rising mean does
+    assert want[-1] < want[0] == 0.05
+    wrong_call, wrong_metric, no_schedule = r0["schedule_errors"]
+    assert "needs exactly the metric" in wrong_call
+    assert "must be a real number or a one-element tensor, got str: 'low'" in wrong_metric
+    assert "has none: wrap a pyroopt scheduler" in no_schedule
+    assert r1["schedule_errors"] == r0["schedule_errors"]
+
+
+@pytest.mark.distributed
+def test_adasum_is_refused_naming_what_is_allowed(runs):
+    r0, r1 = runs("horovod", "mismatch")
+    for r in (r0, r1):
+        assert "use hvd.Average or hvd.Sum" in r["adasum_wrapper"]
+        # why: horovod built with gloo (no MPI) has no Adasum at all
+        assert "No Adasum operation enabled" in r["adasum_horovod"]
 
 
 def test_uninitialized_backends_raise():
@@ -230,3 +323,95 @@ def test_shard_splits_contiguously():
     assert shard_bounds(1, 1, 2) == (1, 1)
     with pytest.raises(ValueError, match="rank"):
         shard(x, rank=2, world_size=2)
+
+
+class Loopback(Collectives):
+    """One worker talking to itself: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def __init__(self) -> None:
+        self.reductions = 0
+
+    def allreduce_(self, buffer, exact, name):
+        self.reductions += 1
+
+    def allgather_object(self, obj):
+        return [obj]
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def broadcast_(self, flat):
+        pass
+
+
+def mixed_params() -> list[torch.Tensor]:
+    """1-D, 2-D, 0-d, float32 and float64 parameters, names out of creation order."""
+    specs = {
+        "m": torch.zeros(2, 3),
+        "a": torch.zeros(4),
+        "s": torch.tensor(0.5),
+        "f32": torch.zeros(3, dtype=torch.float32),
+    }
+    return [pyro.param(name, value).unconstrained() for name, value in specs.items()]
+
+
+@pytest.mark.parametrize("leave_grads", [False, True], ids=["fresh grads", "grads accumulated"])
+def test_one_worker_equals_the_local_optimizer(leave_grads):
+    """Missing gradients, shapes, dtypes, gradients accumulated into the last step's
+    p.grad: the wrapper on one worker steps exactly as the optimizer it wraps."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [
+        [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in mixed_params()]
+        for _ in range(5)
+    ]
+    finals = []
+    for wrap in (False, True):
+        pyro.clear_param_store()
+        params = mixed_params()
+        comm = Loopback()
+        local = pyroopt.Adam({"lr": 0.1})
+        optim = DistributedPyroOptim(local, comm) if wrap else local
+        for step, step_grads in enumerate(grads):
+            for i, (p, g) in enumerate(zip(params, step_grads, strict=True)):
+                if (step + i) % 3 == 2:
+                    p.grad = None  # sometimes no gradient
+                elif leave_grads and p.grad is not None:
+                    p.grad.add_(g.to(p.dtype))  # as autograd accumulates, in place
+                else:
+                    p.grad = g.to(p.dtype).clone()
+            optim(params)
+        finals.append([p.detach().clone() for p in params])
+        if wrap:
+            assert comm.reductions == 1 + len(grads)  # agreeing on step 1, then one each
+    for got, want in zip(finals[1], finals[0], strict=True):
+        assert_close(got, want, rtol=0, atol=0)
+
+
+def test_sparse_gradients_are_refused():
+    p = pyro.param("p", torch.zeros(3)).unconstrained()
+    optim = DistributedPyroOptim(pyroopt.Adam({"lr": 0.1}), Loopback())
+    p.grad = torch.ones(3)
+    optim([p])
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises(ValueError, match="sparse gradients"):
+        optim([p])
+
+
+def test_schedule_step_errors_name_the_problem():
+    p = pyro.param("p", torch.zeros(3)).unconstrained()
+    plain = DistributedPyroOptim(pyroopt.Adam({"lr": 0.1}), Loopback())
+    with pytest.raises(TypeError, match="wrapped optimizer PyroOptim has none"):
+        plain.step()
+    optim = DistributedPyroOptim(plateau(), Loopback())
+    p.grad = torch.ones(3)
+    optim([p])
+    with pytest.raises(TypeError, match="got a tensor of shape \\(2,\\)"):
+        optim.step(torch.ones(2))
+    with pytest.raises(TypeError, match="got bool"):
+        optim.step(True)
+    with pytest.raises(TypeError, match="needs exactly the metric"):
+        optim.step(1.0, 2.0)
+    optim.step(metrics=torch.tensor(3.0))  # the keyword torch uses works too
+    assert optim.get_last_lr() == {"p": 0.05}

@@ -1,15 +1,15 @@
-"""HorovodOptimizer: pyro.optim's Horovod wrapper, with one grouped allreduce per step."""
+"""HorovodOptimizer: pyro.optim's Horovod wrapper, with one allreduce per step."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pyro.optim
 import torch
 from torch import Tensor
 
-from pyroopt.distributed.reduce import Collectives, DistributedPyroOptim
+from pyroopt.distributed.collectives import Collectives
+from pyroopt.distributed.reduce import DistributedPyroOptim
 
 
 def _horovod() -> Any:
@@ -31,8 +31,12 @@ def _horovod() -> Any:
 class HorovodCollectives(Collectives):
     """Collectives over horovod's global process set.
 
-    :param compression: ``hvd.Compression.none`` or ``hvd.Compression.fp16``; applied to
-        the gradients only (the header always travels in float64).
+    The header and the gradients travel in ONE flat buffer and one in-place
+    ``hvd.allreduce_`` (one tensor: no grouping, no second dtype to negotiate).
+
+    :param compression: ``hvd.Compression.none`` or ``hvd.Compression.fp16``. With
+        fp16, the gradients travel in float16 and the header in float64, in one
+        ``hvd.grouped_allreduce`` of the two.
     """
 
     def __init__(self, compression: Any = None) -> None:
@@ -41,32 +45,18 @@ class HorovodCollectives(Collectives):
         self.rank = int(hvd.rank())
         self.size = int(hvd.size())
 
-    def allreduce_sum(
-        self,
-        header: Tensor,
-        groups: Sequence[Sequence[Tensor]],
-        prescale: float,
-        postscale: float,
-        name: str,
-    ) -> tuple[Tensor, list[Tensor]]:
+    def allreduce_(self, buffer: Tensor, exact: int, name: str) -> None:
         hvd = self._hvd
-        tensors = [header]
-        contexts = []
-        for group in groups:
-            flat = torch.cat(list(group))
-            if prescale != 1.0:
-                flat.mul_(prescale)
-            compressed, ctx = self.compression.compress(flat)
-            tensors.append(compressed)
-            contexts.append(ctx)
-        out = hvd.grouped_allreduce(tensors, op=hvd.Sum, name=name)
-        flats = []
-        for reduced, ctx in zip(out[1:], contexts, strict=True):
-            flat = self.compression.decompress(reduced, ctx)
-            if postscale != 1.0:
-                flat.mul_(postscale)
-            flats.append(flat)
-        return out[0], flats
+        if self.compression is hvd.Compression.none or exact == buffer.numel():
+            hvd.allreduce_(buffer, op=hvd.Sum, name=name)
+            return
+        # compressed: the header travels apart, in float64, in the same grouped call
+        grads, ctx = self.compression.compress(buffer[exact:])
+        header, reduced = hvd.grouped_allreduce(
+            [buffer[:exact].to(torch.float64), grads], op=hvd.Sum, name=name
+        )
+        buffer[:exact].copy_(header)
+        buffer[exact:].copy_(self.compression.decompress(reduced, ctx))
 
     def allgather_object(self, obj: Any) -> list[Any]:
         return list(self._hvd.allgather_object(obj, name="pyroopt.names"))
@@ -79,32 +69,36 @@ class HorovodCollectives(Collectives):
 
 
 class HorovodOptimizer(DistributedPyroOptim):
-    """A drop-in :class:`pyro.optim.HorovodOptimizer`: one grouped allreduce per step.
+    """A drop-in :class:`pyro.optim.HorovodOptimizer`: one allreduce per step.
 
     pyro.optim wraps every parameter in its own ``horovod.torch.DistributedOptimizer``,
     so each step issues one allreduce per parameter. This wrapper reduces all of a
-    step's gradients in a single ``hvd.grouped_allreduce`` (one flat buffer per
-    dtype, in the order of the parameters' names), then steps the wrapped pyroopt
-    optimizer locally. Parameters first seen in a step, and state given to
-    :meth:`set_state` / :meth:`load`, are broadcast from rank 0, so all workers stay
-    equal; workers that pass different parameters get a :class:`RuntimeError` naming
-    the difference instead of a hang. See :mod:`pyroopt.distributed.reduce`.
+    step's gradients in a single in-place ``hvd.allreduce_`` of one flat buffer (in
+    the order of the parameters' names, in the widest gradient dtype, at least
+    float32), then steps the wrapped pyroopt optimizer locally. Parameters first seen
+    in a step, and state given to :meth:`set_state` / :meth:`load`, are broadcast from
+    rank 0, so all workers stay equal; workers that pass different parameters (names,
+    shapes or dtypes) get a :class:`RuntimeError` naming the difference instead of a
+    hang. A wrapped ``ReduceLROnPlateau`` decides on the mean of the workers' metrics
+    (see :meth:`step`). See :mod:`pyroopt.distributed.reduce`.
 
     The keywords are those of ``horovod.torch.DistributedOptimizer`` that make sense
     here:
 
     :param pyro_optim: a pyroopt optimizer or scheduler, e.g. ``pyroopt.Adam(...)``.
     :param op: ``hvd.Average`` (default) or ``hvd.Sum``. ``hvd.Adasum`` raises
-        :class:`ValueError`: horovod's gloo backend has no Adasum on CPU ("No Adasum
-        operation enabled"), and Adasum cannot carry the sum-reduced header that
-        keeps this wrapper to one collective.
-    :param compression: ``hvd.Compression.none`` (default) or ``hvd.Compression.fp16``.
+        :class:`ValueError`: horovod built with gloo and without MPI has no Adasum
+        ("No Adasum operation enabled"), and Adasum cannot carry the sum-reduced
+        header that keeps this wrapper to one collective.
+    :param compression: ``hvd.Compression.none`` (default) or ``hvd.Compression.fp16``
+        (the gradients travel in float16, the header apart in float64, in one
+        ``hvd.grouped_allreduce``).
     :param gradient_predivide_factor: with ``hvd.Average``, scale by ``1 / f`` before
         the sum and by ``f / size`` after.
     :param backward_passes_per_step: accumulate gradients locally over this many calls
         and reduce and step on the last (see :meth:`__call__`).
-    :param num_groups: accepted for compatibility; no effect (one group already).
-    :param groups: accepted for compatibility; no effect (one group already).
+    :param num_groups: accepted for compatibility; no effect (one buffer already).
+    :param groups: accepted for compatibility; no effect (one buffer already).
     :param sparse_as_dense: accepted for compatibility; sparse gradients are rejected.
     :param process_set: only horovod's global process set is supported.
 
@@ -120,6 +114,11 @@ class HorovodOptimizer(DistributedPyroOptim):
         for step in range(1000):
             svi.step(data)
         optim.save("optim.pt")  # written by rank 0 only
+
+    Horovod's background thread starts each collective on its next cycle
+    (``HOROVOD_CYCLE_TIME``, 1 ms by default, or ``horovodrun --cycle-time-ms``); on
+    small CPU jobs that latency, not the bytes, is most of this wrapper's cost, and
+    ``pyroopt.DistributedOptimizer`` on ``torch.distributed`` has none of it.
     """
 
     def __init__(

@@ -1,151 +1,56 @@
 """One reduction of all of a step's gradients, whatever carries the bytes.
 
 :class:`DistributedPyroOptim` is the part :class:`~pyroopt.HorovodOptimizer` and
-:class:`~pyroopt.DistributedOptimizer` share; a :class:`Collectives` object says how
-the bytes move (horovod or ``torch.distributed``).
+:class:`~pyroopt.DistributedOptimizer` share; a
+:class:`~pyroopt.distributed.collectives.Collectives` object says how the bytes move.
 
-Every step issues **one** sum-reduction that carries, beside the gradients, a small
-float64 *header*:
-
-- one row per worker (zeros except the worker's own row): whether its set of
-  parameters changed since the last agreed set, how many parameters it passes, and a
-  64-bit hash of their sorted names in four 16-bit pieces (exact in float32 and
-  float64, so the rows come back bit for bit);
-- one entry per parameter: how many workers hold a gradient for it.
+Every step issues **one** sum-reduction of one flat buffer (see
+:mod:`pyroopt.distributed.buffer`) that carries, beside the gradients, a small header:
+each worker's row (whether its set of parameters changed since the last agreed set,
+how many parameters it passes, a 64-bit hash of their names) and, per parameter, how
+many workers hold a gradient for it.
 
 The gradients travel in the layout of the last set of parameters all workers agreed
 on, so the reduction has the same shape on every worker even when a worker's
 parameters changed. When the rows disagree, or any worker's set changed, all workers
-see it in the same reduced header and take the slow path together: they gather
-each other's names, raise a :class:`RuntimeError` naming the difference if the names
-disagree, else broadcast the values of new parameters from rank 0 and reduce again in
-the new layout. A steady step (the same parameters as the step before, as in SVI)
-costs exactly one collective.
+see it in the same reduced header and take the slow path together: they gather each
+other's names, shapes and dtypes, raise a :class:`RuntimeError` naming the difference
+if they disagree, else broadcast the values of new parameters from rank 0 and reduce
+again in the new layout. A steady step (the same parameters as the step before, as in
+SVI) costs exactly one collective, and its buffer, views and header are reused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-import pyro
 import pyro.optim
 import torch
 from torch import Tensor
 
 from pyroopt import checkpoint
+from pyroopt.distributed.buffer import ROW, GradBuffer
+from pyroopt.distributed.collectives import Collectives
+from pyroopt.distributed.layout import (
+    EMPTY,
+    Layout,
+    describe_mismatch,
+    make_layout,
+    names_signature,
+)
+from pyroopt.distributed.schedule import step_schedule
 from pyroopt.optim import PyroOptim
 
-#: header columns per worker: changed, count, four 16-bit hash pieces
-ROW = 6
-
-
-class Collectives(ABC):
-    """The collectives a distributed optimizer needs; one subclass per backend."""
-
-    rank: int
-    size: int
-
-    @abstractmethod
-    def allreduce_sum(
-        self,
-        header: Tensor,
-        groups: Sequence[Sequence[Tensor]],
-        prescale: float,
-        postscale: float,
-        name: str,
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Sum ``header`` and the gradients over workers in ONE collective.
-
-        ``groups`` holds the gradients, one list per dtype; the answer holds the summed
-        header (float64, unscaled) and one flat summed buffer per group, with the
-        gradients multiplied by ``prescale`` before the sum and ``postscale`` after.
-        """
-
-    @abstractmethod
-    def allgather_object(self, obj: Any) -> list[Any]:
-        """Every worker's ``obj``, by rank."""
-
-    @abstractmethod
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every worker."""
-
-    @abstractmethod
-    def broadcast_(self, flat: Tensor) -> None:
-        """Overwrite ``flat`` with rank 0's ``flat``, in place."""
-
-
-def names_signature(names: Sequence[str]) -> list[float]:
-    """The count of ``names`` and a 64-bit hash of them in four 16-bit pieces."""
-    digest = hashlib.blake2b("\0".join(names).encode(), digest_size=8).digest()
-    pieces = [float(int.from_bytes(digest[i : i + 2], "little")) for i in range(0, 8, 2)]
-    return [float(len(names)), *pieces]
-
-
-class _Layout(NamedTuple):
-    """One step's parameters, in name order, and what a reduction needs of them."""
-
-    ids: frozenset[int]
-    names: tuple[str, ...]
-    params: list[Tensor]
-    signature: list[float]
-    tag: str  # a name for the reduction, equal on all workers for equal layouts
-    groups: list[list[int]]  # indices into params, one list per dtype
-
-
-def _layout(params: list[Tensor], ids: frozenset[int]) -> _Layout:
-    store = pyro.get_param_store()
-    named = []
-    for p in params:
-        if not isinstance(p, Tensor):
-            raise TypeError(f"params must hold tensors, got {type(p).__name__}: {p!r}")
-        name = store.param_name(p)
-        if name is None:
-            raise ValueError(
-                f"a tensor of shape {tuple(p.shape)} passed to a distributed optimizer is not "
-                "in Pyro's param store: workers match parameters by name, so every "
-                "parameter must come from pyro.param (pass name.unconstrained())"
-            )
-        named.append((name, p))
-    named.sort(key=lambda item: item[0])
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, (_, p) in enumerate(named):
-        if p.is_sparse:
-            raise ValueError("distributed optimizers do not support sparse parameters")
-        by_dtype.setdefault(p.dtype, []).append(i)
-    names = tuple(n for n, _ in named)
-    return _Layout(
-        ids,
-        names,
-        [p for _, p in named],
-        (signature := names_signature(names)),
-        "pyroopt." + ".".join(str(int(v)) for v in signature),
-        [by_dtype[k] for k in sorted(by_dtype, key=str)],
-    )
-
-
-def describe_mismatch(names_by_rank: Sequence[Sequence[str]]) -> str:
-    """A message naming how each worker's parameters differ from rank 0's."""
-    reference = set(names_by_rank[0])
-    lines = []
-    for rank, names in enumerate(names_by_rank[1:], start=1):
-        parts = []
-        extra = sorted(set(names) - reference)
-        if extra:
-            parts.append(f"has {extra}, which rank 0 lacks")
-        missing = sorted(reference - set(names))
-        if missing:
-            parts.append(f"lacks {missing}, which rank 0 has")
-        if parts:
-            lines.append(f"rank {rank} " + " and ".join(parts))
-    return (
-        "workers passed different parameters to the distributed optimizer in the same "
-        "step (every worker must run the same model and guide): " + "; ".join(lines)
-    )
+__all__ = [
+    "ROW",
+    "Collectives",
+    "DistributedPyroOptim",
+    "describe_mismatch",
+    "names_signature",
+]
 
 
 class DistributedPyroOptim(pyro.optim.PyroOptim):
@@ -153,8 +58,11 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
 
     Holds the wrapped :class:`~pyroopt.PyroOptim` (or
     :class:`~pyroopt.PyroLRScheduler`) and delegates every attribute it does not define
-    to it (``optim_objs``, ``step`` and ``get_last_lr`` of a scheduler, ...). It is a
+    to it (``optim_objs``, ``get_last_lr`` of a scheduler, ...). It is a
     :class:`pyro.optim.PyroOptim`, so :class:`pyro.infer.SVI` accepts it.
+
+    After a step, each ``p.grad`` is a view of a buffer the next step reuses (clone it
+    to keep it); SVI replaces the gradients with fresh zeros anyway.
 
     :param pyro_optim: the optimizer to wrap.
     :param collectives: how workers talk (see the subclasses).
@@ -184,7 +92,7 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
             )
         if isinstance(pyro_optim, DistributedPyroOptim):
             raise TypeError("this optimizer is already distributed; do not wrap it twice")
-        if not (
+        if isinstance(gradient_predivide_factor, bool) or not (
             isinstance(gradient_predivide_factor, (int, float)) and gradient_predivide_factor > 0
         ):
             raise ValueError(
@@ -207,8 +115,12 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
         self.average = average
         self.gradient_predivide_factor = float(gradient_predivide_factor)
         self.backward_passes_per_step = backward_passes_per_step
-        self._agreed: _Layout | None = None  # the last layout all workers agreed on
-        self._current: _Layout | None = None  # the layout of the last call, cached
+        f, size = self.gradient_predivide_factor, collectives.size
+        self._prescale, self._postscale = (1.0 / f, f / size) if average else (1.0, 1.0)
+        self._agreed: Layout = EMPTY  # the last layout all workers agreed on
+        self._current: Layout | None = None  # the layout of the last call, cached
+        # of the agreed layout
+        self._buffer = GradBuffer(EMPTY, collectives.rank, size, collectives.device)
         self._synced: dict[int, Tensor] = {}  # parameters already equal on all workers
         self._calls = 0
         self._window: dict[int, Tensor] = {}  # accumulated gradients, by id(param)
@@ -240,8 +152,9 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
     def __call__(self, params: Iterable[Tensor], *args: Any, **kwargs: Any) -> None:
         """Reduce the gradients of ``params`` over all workers, then step them locally.
 
-        Every worker must call this with the same parameters (by name). Parameters this
-        optimizer has not seen before are first overwritten with rank 0's values.
+        Every worker must call this with the same parameters (by name, shape and
+        dtype). Parameters this optimizer has not seen before are first overwritten
+        with rank 0's values.
 
         With ``backward_passes_per_step=k > 1``, calls 1 to k-1 of each window only add
         a copy of each ``p.grad`` to a sum the optimizer holds; they leave ``p.grad``
@@ -255,9 +168,9 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
                 f"params must be an iterable of tensors (e.g. a list or set), got "
                 f"{type(params).__name__}"
             )
-        params = list({id(p): p for p in params}.values())
+        params = list(params)
         if self.backward_passes_per_step > 1:
-            self._accumulate(params)
+            self._accumulate(list({id(p): p for p in params}.values()))  # each once
             self._calls += 1
             if self._calls % self.backward_passes_per_step:
                 self.last_collectives = 0
@@ -267,8 +180,8 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
         ids = frozenset(map(id, params))
         layout = self._current
         if layout is None or layout.ids != ids:
-            layout = self._current = _layout(params, ids)
-        if not self._reduce(layout, changed=self._agreed is None or self._agreed.ids != ids):
+            layout = self._current = make_layout(list({id(p): p for p in params}.values()))
+        if not self._reduce(layout, changed=self._agreed.ids != ids):
             self._agree(layout)
             if not self._reduce(layout, changed=False):
                 raise RuntimeError(  # pragma: no cover - workers diverged mid-step
@@ -296,74 +209,62 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
         self._window_params = {}
         return params
 
-    def _reduce(self, layout: _Layout, changed: bool) -> bool:
+    def _reduce(self, layout: Layout, changed: bool) -> bool:
         """One collective: the header, and the gradients in the agreed layout.
 
         Sets the reduced gradients and answers True when all workers pass the agreed
         parameters; answers False (gradients untouched) when they must agree anew.
+        A worker whose parameters changed sends only its header: every worker sees
+        the change in the reduced header and discards this sum.
         """
-        comm = self._comm
-        agreed = self._agreed if self._agreed is not None else _EMPTY
+        buf = self._buffer
         if changed:
-            local = {}  # a worker whose parameters changed reduces zeros in the old layout
-            present = dict(zip(layout.names, layout.params, strict=True))
-            for name in agreed.names:
-                if name in present:
-                    local[name] = present[name]
-        size, n = comm.size, len(agreed.params)
-        header = torch.zeros(size * ROW + n, dtype=torch.float64)
-        header[comm.rank * ROW : (comm.rank + 1) * ROW] = torch.tensor(
-            [float(changed), *layout.signature], dtype=torch.float64
-        )
-        params = agreed.params if not changed else [local.get(nm) for nm in agreed.names]
-        grads = []
-        has_grad = []
-        for p, q in zip(params, agreed.params, strict=True):
-            g = None if p is None else p.grad
-            has_grad.append(g is not None)
-            if g is None:
-                g = torch.zeros_like(q)
-            elif g.is_sparse:
-                raise ValueError("distributed optimizers do not support sparse gradients")
-            grads.append(g.reshape(-1))
-        if n:
-            header[size * ROW :] = torch.tensor(has_grad, dtype=torch.float64)
-        groups = [[grads[i] for i in group] for group in agreed.groups]
-        f = self.gradient_predivide_factor
-        prescale, postscale = (1.0 / f, f / size) if self.average else (1.0, 1.0)
-        summed, flats = comm.allreduce_sum(header, groups, prescale, postscale, name=agreed.tag)
+            buf.pack_changed(layout.signature)
+        else:
+            buf.pack()
+            if self._prescale != 1.0:
+                buf.grads.mul_(self._prescale)
+        self._comm.allreduce_(buf.buffer, buf.exact, buf.name)
         self.last_collectives += 1
-        rows = summed[: size * ROW].view(size, ROW)
-        if bool(rows[:, 0].any()) or not bool((rows == rows[0]).all()):
+        if changed or not buf.all_agree():
             return False
-        counts = summed[size * ROW :].tolist()
-        for group, flat in zip(agreed.groups, flats, strict=True):
-            members = [agreed.params[i] for i in group]
-            if flat.dtype != members[0].dtype:
-                flat = flat.to(members[0].dtype)
-            pieces = flat.split([p.numel() for p in members])
-            for i, p, piece in zip(group, members, pieces, strict=True):
-                # no worker had a gradient: None, so the local step skips it
-                p.grad = piece.view(p.shape) if counts[i] else None
+        if self._postscale != 1.0:
+            buf.grads.mul_(self._postscale)
+        buf.unpack()
         return True
 
-    def _agree(self, layout: _Layout) -> None:
+    def _agree(self, layout: Layout) -> None:
         """Make every worker's parameters equal, or raise naming how they differ."""
         comm = self._comm
+        kinds = [(tuple(p.shape), str(p.dtype)) for p in layout.params]
         new = [
             n for n, p in zip(layout.names, layout.params, strict=True) if id(p) not in self._synced
         ]
-        gathered = comm.allgather_object((layout.names, new))
+        gathered = comm.allgather_object((layout.names, kinds, new))
         self.last_collectives += 1
-        names_by_rank = [tuple(names) for names, _ in gathered]
+        names_by_rank = [tuple(names) for names, _, _ in gathered]
         if any(names != names_by_rank[0] for names in names_by_rank):
             raise RuntimeError(describe_mismatch(names_by_rank))
-        fresh = set().union(*(set(n) for _, n in gathered))
+        for rank, (_, other, _) in enumerate(gathered[1:], start=1):
+            differ = [
+                f"{name!r} is {theirs[1]}{list(theirs[0])} on rank {rank} but "
+                f"{ours[1]}{list(ours[0])} on rank 0"
+                for name, ours, theirs in zip(layout.names, gathered[0][1], other, strict=True)
+                if tuple(ours) != tuple(theirs)
+            ]
+            if differ:
+                raise RuntimeError(
+                    "workers passed parameters of different shapes or dtypes to the "
+                    "distributed optimizer (every worker must run the same model and "
+                    "guide): " + "; ".join(differ)
+                )
+        fresh = set().union(*(set(n) for _, _, n in gathered))
         if fresh:
             by_name = dict(zip(layout.names, layout.params, strict=True))
             self._broadcast_values([by_name[n] for n in sorted(fresh)])
         self._synced = {id(p): p for p in layout.params}
         self._agreed = layout
+        self._buffer = GradBuffer(layout, comm.rank, comm.size, comm.device)
 
     def _broadcast_values(self, params: list[Tensor]) -> None:
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
@@ -394,6 +295,32 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
                         )
                     ],
                 )
+
+    # -- schedules --------------------------------------------------------------------
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Advance the wrapped scheduler's schedules by one epoch, alike on every worker.
+
+        Call it on every worker. Schedules that take no argument advance locally (no
+        collective: every worker holds the same schedule). ``ReduceLROnPlateau`` takes
+        a metric, which usually differs between workers (each sees its own data): the
+        metric is first averaged over the workers (**one** float64 sum-reduction of
+        one number), so every worker takes the same decision on the same value.
+
+        Example (on every worker)::
+
+            optim = pyroopt.HorovodOptimizer(
+                pyroopt.ReduceLROnPlateau(
+                    {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}}
+                )
+            )
+            for epoch in range(100):
+                loss = svi.step(data)
+                optim.step(loss)  # the mean loss over the workers decides
+
+        :raises TypeError: the wrapped optimizer has no schedule, the metric is missing
+            or is not a number.
+        """
+        step_schedule(self._optim, self._comm, args, kwargs)
 
     # -- state ------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -443,6 +370,3 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
         if status != "ok":
             raise RuntimeError(f"rank 0 could not load {path}: {value}")
         self._optim._set_state(value, path)
-
-
-_EMPTY = _Layout(frozenset(), (), [], names_signature(()), "pyroopt.empty", [])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pyro.optim
@@ -10,14 +9,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pyroopt.distributed.reduce import Collectives, DistributedPyroOptim
+from pyroopt.distributed.collectives import Collectives
+from pyroopt.distributed.reduce import DistributedPyroOptim
 
 
 class TorchCollectives(Collectives):
     """Collectives over a ``torch.distributed`` process group (gloo on CPU).
 
-    The header and every gradient travel in ONE flat buffer and one ``all_reduce``;
-    the buffer takes the widest gradient dtype, at least float32.
+    The header and every gradient travel in ONE flat buffer and one in-place
+    ``all_reduce``; the buffer takes the widest gradient dtype, at least float32.
     """
 
     def __init__(self, process_group: Any = None) -> None:
@@ -34,28 +34,11 @@ class TorchCollectives(Collectives):
             raise ValueError("this process is not a member of the given process_group")
         # collectives name their source by global rank
         self._root = 0 if process_group is None else dist.get_global_rank(process_group, 0)
+        if dist.get_backend(process_group) == "nccl":  # it reduces CUDA tensors only
+            self.device = torch.device("cuda", torch.cuda.current_device())
 
-    def allreduce_sum(
-        self,
-        header: Tensor,
-        groups: Sequence[Sequence[Tensor]],
-        prescale: float,
-        postscale: float,
-        name: str,
-    ) -> tuple[Tensor, list[Tensor]]:
-        dtype = torch.float32
-        for group in groups:
-            dtype = torch.promote_types(dtype, group[0].dtype)
-        grads = [g for group in groups for g in group]
-        buffer = torch.cat([header.to(dtype), *(g.to(dtype) for g in grads)])
-        n = header.numel()
-        if prescale != 1.0:
-            buffer[n:].mul_(prescale)
+    def allreduce_(self, buffer: Tensor, exact: int, name: str) -> None:
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
-        if postscale != 1.0:
-            buffer[n:].mul_(postscale)
-        sizes = [sum(g.numel() for g in group) for group in groups]
-        return buffer[:n].to(torch.float64), list(buffer[n:].split(sizes))
 
     def allgather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.size
@@ -77,13 +60,15 @@ _OPS = {"average": True, "avg": True, "mean": True, "sum": False}
 class DistributedOptimizer(DistributedPyroOptim):
     """Wrap a pyroopt optimizer for data-parallel training on ``torch.distributed``.
 
-    Each call flattens all gradients of the step, in the order of the parameters'
-    names, into one buffer, issues one ``all_reduce``, divides by the number of
-    workers (for ``op="average"``) and copies the result back into ``p.grad`` before
-    the wrapped optimizer steps. Parameters first seen in a step, and state given to
-    :meth:`set_state` / :meth:`load`, are broadcast from rank 0; workers that pass
-    different parameters get a :class:`RuntimeError` naming the difference instead of
-    a hang. See :mod:`pyroopt.distributed.reduce`.
+    Each call copies all gradients of the step, in the order of the parameters'
+    names, into one flat buffer (kept from step to step), issues one in-place
+    ``all_reduce``, divides by the number of workers (for ``op="average"``) and points
+    each ``p.grad`` at its reduced part before the wrapped optimizer steps. Parameters
+    first seen in a step, and state given to :meth:`set_state` / :meth:`load`, are
+    broadcast from rank 0; workers that pass different parameters (names, shapes or
+    dtypes) get a :class:`RuntimeError` naming the difference instead of a hang. A
+    wrapped ``ReduceLROnPlateau`` decides on the mean of the workers' metrics (see
+    :meth:`step`). See :mod:`pyroopt.distributed.reduce`.
 
     :param pyro_optim: a pyroopt optimizer or scheduler, e.g. ``pyroopt.Adam(...)``.
     :param process_group: the group to reduce over; ``None`` is the default group.

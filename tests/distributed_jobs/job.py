@@ -2,7 +2,7 @@
 
 Usage (under ``horovodrun -np 2 ... python`` or ``torchrun --nproc_per_node 2``)::
 
-    job.py {horovod,torch} {main,mismatch,all} OUT_DIR
+    job.py {horovod,torch} {main,schedules,mismatch,all} OUT_DIR
 """
 
 from __future__ import annotations
@@ -102,6 +102,73 @@ def train(optim, steps, late_from=None, record=None):
         if record is not None:
             record.append(regression.snapshot())
     return counts
+
+
+def step_lr():
+    return pyroopt.StepLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "step_size": 2, "gamma": 0.5}
+    )
+
+
+def plateau(**kwargs):
+    args = {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "patience": 0}
+    return pyroopt.ReduceLROnPlateau({**args, "factor": 0.5, **kwargs})
+
+
+def train_scheduled(optim, steps, late_from=None):
+    """SVI with one schedule step per SVI step; ``optim.step(loss)`` for a plateau."""
+    svi = SVI(regression.model, regression.guide, optim, Trace_ELBO())
+    out = {"params": [], "lrs": [], "step_collectives": [], "schedule_collectives": []}
+    for step in range(1, steps + 1):
+        late = late_from is not None and step >= late_from
+        COUNT["n"] = 0
+        loss = svi.step(x_local, y_local, IDX, late)
+        out["step_collectives"].append(COUNT["n"])
+        COUNT["n"] = 0
+        if optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau:
+            optim.step(loss)  # this worker's own loss: the wrapper averages it
+        else:
+            optim.step()
+        out["schedule_collectives"].append(COUNT["n"])
+        out["params"].append(regression.snapshot())
+        out["lrs"].append(optim.get_last_lr())
+    return out
+
+
+def schedules():
+    """Schedules wrapped by the distributed optimizer, stepping with SVI."""
+    out = {}
+    regression._LATE_INIT[0] = 10.0
+    fresh(4)
+    out["step_lr"] = train_scheduled(make(step_lr()), 6, late_from=3)
+    fresh(5)
+    out["plateau_svi"] = train_scheduled(make(plateau()), 8)
+    # ranks given different local metrics: rank 0's fall, rank 1's rise
+    pyro.clear_param_store()
+    v = pyro.param("v", torch.zeros(2)).unconstrained()
+    optim = make(plateau())
+    metrics = [10.0, 9.0, 8.0, 7.0, 6.0] if RANK == 0 else [10.0, 12.0, 14.0, 16.0, 18.0]
+    lrs = []
+    for i, metric in enumerate(metrics):
+        v.grad = torch.ones(2)
+        optim([v])
+        optim.step(torch.tensor(metric) if i % 2 else metric)  # a tensor or a number
+        lrs.append(optim.get_last_lr()["v"])
+    out["plateau_local_metrics"] = {"metrics": metrics, "lrs": lrs, "v": v.tolist()}
+    # wrong calls raise alike on every worker, before any collective
+    errors = []
+    for call in (
+        lambda: optim.step(),
+        lambda: optim.step("low"),
+        lambda: make(pyroopt.Adam({"lr": 0.1})).step(),
+    ):
+        try:
+            call()
+            errors.append(None)
+        except TypeError as e:
+            errors.append(str(e))
+    out["schedule_errors"] = errors
+    return out
 
 
 def main():
@@ -221,13 +288,35 @@ def mismatch():
     a.grad = torch.ones_like(a)
     optim([a])
     out["after"] = a.tolist()
+    # c: the same name with a different shape on each rank
+    pyro.clear_param_store()
+    shaped = pyro.param("shaped", torch.zeros(2 + RANK)).unconstrained()
+    optim = make(pyroopt.Adam({"lr": 0.1}))
+    shaped.grad = torch.ones_like(shaped)
+    try:
+        optim([shaped])
+        out["errors"].append(None)
+    except RuntimeError as e:
+        out["errors"].append(str(e))
+    # d: Adasum (horovod only): refused by pyroopt; horovod's gloo build has none
+    if BACKEND == "horovod":
+        try:
+            make(pyroopt.Adam({"lr": 0.1}), op=hvd.Adasum)
+            out["adasum_wrapper"] = None
+        except ValueError as e:
+            out["adasum_wrapper"] = str(e)
+        try:  # last: a failed horovod op may leave horovod unusable
+            hvd.allreduce(torch.ones(2), op=hvd.Adasum, name="job.adasum")
+            out["adasum_horovod"] = None
+        except Exception as e:
+            out["adasum_horovod"] = f"{type(e).__name__}: {e}"
     return out
 
 
 if __name__ == "__main__":
     # "all" runs both in one launch (a launch costs several seconds); the mismatch
     # comes last so that a hang there cannot hide the other results
-    for scenario, run in (("main", main), ("mismatch", mismatch)):
+    for scenario, run in (("main", main), ("schedules", schedules), ("mismatch", mismatch)):
         if SCENARIO in (scenario, "all"):
             result = run()
             (OUT / f"{scenario}_{BACKEND}_r{RANK}.json").write_text(json.dumps(result))
