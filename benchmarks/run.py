@@ -28,6 +28,7 @@ import pyroopt
 from benchmarks import report
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
+from benchmarks.goals import goal_table
 from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
 from benchmarks.svi_step import SviResult, time_svi
 from benchmarks.timing import Plan
@@ -165,6 +166,8 @@ def print_report(steps: Sequence[StepResult], svi: SviResult) -> None:
     """The tables and what stands out in them."""
     print("\nOptimizer step: median ms per step; ratios are time ratios (> 1: right side faster)")
     print(report.step_table(steps))
+    print("\nSpeed goals (issue 4):")
+    print(goal_table(steps))
     print(f"\nSVI step: model with {svi.n_sites} sample sites, AutoNormal, Trace_ELBO")
     print(report.svi_table(svi))
     notes = report.findings(steps, svi)
@@ -203,12 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     steps = run_optimizer_steps(settings.steps)
     svi = run_svi(settings.svi)
-    dist_rows = [] if args.no_distributed else run_distributed()
+    dist_rows = [] if args.no_distributed else run_distributed(settings.svi.repeats)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
     print_report(steps, svi)
     if dist_rows:
-        print("\nDistributed SVI step, 2 workers (model with 25 sites, AutoNormal, Adam):")
+        print("\nDistributed SVI step, 2 workers:")
         print(distributed_table(dist_rows))
         meta["distributed"] = [asdict(r) for r in dist_rows]
     write_outputs(args.out, meta, steps, svi)
