@@ -53,6 +53,12 @@ FLAT_MAX_AVG_NUMEL = 1 << 16
 #: (measured: an Adam chain over 10M float32 elements took 34 ms in one piece, 17 ms
 #: in pieces of 250k).
 CHAIN_PIECE_NUMEL = 1 << 18
+
+#: A fused kernel that overwrites its gradients runs on a copy of them, made one piece
+#: of about this many elements at a time. One pass per piece needs no cache-sized
+#: pieces, and fewer calls cost less (measured, RMSprop on 10 x 1M float32 against
+#: fused Adam on one flat tensor: 1.79x in pieces of 256k, 1.31x of 1M, 1.17x of 4M).
+FUSED_COPY_PIECE_NUMEL = 1 << 22
 ParamState = dict[str, Any]
 
 
@@ -323,8 +329,9 @@ class RuleBucket(Bucket):
         batch = Batch(live, grads, state, steps)
         if not self.rule.fused_overwrites_grads and self._fuse(batch):
             return
-        for piece in _pieces(batch):
-            if not self._fuse_on_copy(piece):
+        copies = self.rule.fused_overwrites_grads and self._fusable()
+        for piece in _pieces(batch, FUSED_COPY_PIECE_NUMEL if copies else CHAIN_PIECE_NUMEL):
+            if not (copies and self._fuse_on_copy(piece)):
                 self.rule.update(piece, self.group, coef)
 
     def _fuse_on_copy(self, piece: Batch) -> bool:
@@ -333,13 +340,14 @@ class RuleBucket(Bucket):
         The copy is one cache-sized piece at a time, so it costs little memory traffic:
         the kernel then reads the gradients from cache.
         """
-        if not (self.rule.fused_overwrites_grads and self._fusable()):
-            return False
         grads = piece.grads
         numel = sum(g.numel() for g in grads)
         if self._copy_buffer is None or self._copy_buffer.numel() < numel:
             self._copy_buffer = torch.empty(numel, dtype=grads[0].dtype, device=grads[0].device)
-        copies = FlatLayout([g.shape for g in grads]).views(self._copy_buffer[:numel])
+        if len(grads) == 1:
+            copies = [self._copy_buffer[:numel].view(grads[0].shape)]
+        else:
+            copies = FlatLayout([g.shape for g in grads]).views(self._copy_buffer[:numel])
         torch._foreach_copy_(copies, list(grads))
         return self._fuse(piece._replace(grads=copies))
 
@@ -389,24 +397,24 @@ class RuleBucket(Bucket):
 _Item = tuple[Tensor, Tensor, dict[str, Tensor], int]
 
 
-def _pieces(whole: Batch) -> list[Batch]:
-    """Split an update into pieces of about ``CHAIN_PIECE_NUMEL`` elements.
+def _pieces(whole: Batch, size: int) -> list[Batch]:
+    """Split an update into pieces of about ``size`` elements.
 
     Small tensors are batched together; a large contiguous tensor is cut into flat
     slices (the rules are elementwise, and each slice keeps its parameter's step).
     """
     params, grads, state, steps = whole
-    if sum(p.numel() for p in params) <= CHAIN_PIECE_NUMEL:
+    if sum(p.numel() for p in params) <= size:
         return [whole]
     items: list[_Item] = []
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         own = {k: state[k][i] for k in state}
         tensors = [p, g, *own.values()]
-        if p.numel() <= CHAIN_PIECE_NUMEL or not all(t.is_contiguous() for t in tensors):
+        if p.numel() <= size or not all(t.is_contiguous() for t in tensors):
             items.append((p, g, own, steps[i]))
             continue
-        for start in range(0, p.numel(), CHAIN_PIECE_NUMEL):
-            cut = slice(start, start + CHAIN_PIECE_NUMEL)
+        for start in range(0, p.numel(), size):
+            cut = slice(start, start + size)
             items.append(
                 (
                     p.view(-1)[cut],
@@ -417,13 +425,13 @@ def _pieces(whole: Batch) -> list[Batch]:
             )
     pieces: list[Batch] = []
     batch: list[_Item] = []
-    size = 0
+    filled = 0
     for item in items:
-        if batch and size + item[0].numel() > CHAIN_PIECE_NUMEL:
+        if batch and filled + item[0].numel() > size:
             pieces.append(_transpose(batch))
-            batch, size = [], 0
+            batch, filled = [], 0
         batch.append(item)
-        size += item[0].numel()
+        filled += item[0].numel()
     pieces.append(_transpose(batch))
     return pieces
 

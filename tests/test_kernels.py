@@ -152,6 +152,7 @@ def test_rule_matches_torch(monkeypatch, cls, args, layout, fused, mixed):
     monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
     if layout == "pieces":  # cut (2, 4) parameters into slices, batch the small ones
         monkeypatch.setattr(engine, "CHAIN_PIECE_NUMEL", 3)
+        monkeypatch.setattr(engine, "FUSED_COPY_PIECE_NUMEL", 3)
     if not fused:
         monkeypatch.setattr(engine, "_get_fused_kernels_supported_devices", lambda: [])
     for step, ours, theirs, given in run_pair(cls, args, mixed=mixed):

@@ -33,11 +33,14 @@ Example::
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from pyroopt.kernels._coef import TensorList
 
 #: A step count at which every bias correction of Adam is exactly 1.
 _NO_BIAS_CORRECTION = float(2**62)
+#: that count as the tensor the kernel reads, per device (the kernel only reads it)
+_step_tensors: dict[torch.device, Tensor] = {}
 
 
 def fused_rms_update(
@@ -58,7 +61,12 @@ def fused_rms_update(
     """
     if not 0.0 <= beta < 1.0:
         return False
-    step = torch.tensor(_NO_BIAS_CORRECTION, dtype=torch.float32, device=params[0].device)
+    device = params[0].device
+    step = _step_tensors.get(device)
+    if step is None:
+        step = _step_tensors[device] = torch.tensor(
+            _NO_BIAS_CORRECTION, dtype=torch.float32, device=device
+        )
     torch._fused_adam_(
         params,
         grads,
