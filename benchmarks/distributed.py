@@ -112,11 +112,11 @@ def table(rows: Sequence[DistributedRow]) -> str:
                 lines.append(f"  {r.variant:32s} {r.ms_per_step:15.2f} {spread:>18s}")
                 continue
             part = r.ms_per_step - floors[r.launcher]
+            # a part at or below the baseline is noise: no ratio can be read from it
+            part_ratio = f"{base_part / part:.2f}x" if part > 0 and base_part > 0 else "noise"
             lines.append(
                 f"  {r.variant:32s} {r.ms_per_step:15.2f} {spread:>18s} {part:13.2f} "
-                f"{base / r.ms_per_step:15.2f}x "
-                f"{base_part / part if part > 0 else float('nan'):16.2f}x "
-                f"{r.collectives:17d}"
+                f"{base / r.ms_per_step:15.2f}x {part_ratio:>17s} {r.collectives:17d}"
             )
         lines.append("")
     return "\n".join(lines).rstrip()
