@@ -32,25 +32,13 @@ import torch
 from torch import Tensor
 
 from pyroopt import checkpoint
-from pyroopt.distributed.buffer import ROW, GradBuffer
+from pyroopt.distributed.buffer import GradBuffer
 from pyroopt.distributed.collectives import Collectives
-from pyroopt.distributed.layout import (
-    EMPTY,
-    Layout,
-    describe_mismatch,
-    make_layout,
-    names_signature,
-)
+from pyroopt.distributed.layout import EMPTY, Layout, describe_mismatch, make_layout
 from pyroopt.distributed.schedule import step_schedule
 from pyroopt.optim import PyroOptim
 
-__all__ = [
-    "ROW",
-    "Collectives",
-    "DistributedPyroOptim",
-    "describe_mismatch",
-    "names_signature",
-]
+__all__ = ["DistributedPyroOptim"]
 
 
 class DistributedPyroOptim(pyro.optim.PyroOptim):
