@@ -311,7 +311,7 @@ class RuleBucket(Bucket):
             return per_param(values, sizes, numel, buffer)
 
         batch = Batch([buffer], [grad], state, steps)
-        if not (uniform and self._fuse(batch)):
+        if not ((uniform or self.rule.fused_steps_per_param) and self._fuse(batch)):
             self.rule.update(batch, self.group, coef)
         values.stored()
 

@@ -167,9 +167,14 @@ def test_rule_matches_torch(monkeypatch, cls, args, layout, fused, mixed):
 
 
 @pytest.mark.parametrize("layout", ["flat", "per-tensor"])
-def test_rprop_with_infinite_and_nan_gradients_moves_parameters_as_torch(monkeypatch, layout):
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "chain"])
+def test_rprop_with_infinite_and_nan_gradients_moves_parameters_as_torch(
+    monkeypatch, layout, fused
+):
     """Rprop reads only signs: torch survives an infinite gradient. So does the rule."""
     monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
+    if not fused:
+        monkeypatch.setattr(engine, "_get_fused_kernels_supported_devices", lambda: [])
     inf, nan = float("inf"), float("nan")
     grads = [
         torch.tensor([1.0, -1.0, 2.0, 1.0, 0.5]),
@@ -187,5 +192,9 @@ def test_rprop_with_infinite_and_nan_gradients_moves_parameters_as_torch(monkeyp
         bucket.step([ours])
         reference.step()
         assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
-        ours_size = bucket.state_dict(ours)["state"][0]["step_size"]
-        assert_close(ours_size, reference.state[theirs]["step_size"], rtol=0, atol=0)
+        state = bucket.state_dict(ours)["state"][0]
+        assert_close(state["step_size"], reference.state[theirs]["step_size"], rtol=0, atol=0)
+        if fused:  # the chain stores NaN for an infinite gradient that flipped, torch 0
+            assert_close(
+                state["prev"], reference.state[theirs]["prev"], rtol=0, atol=0, equal_nan=True
+            )

@@ -62,6 +62,9 @@ class UpdateRule(ABC):
     #: whether :meth:`fused_update` overwrites the gradients it is given (the engine then
     #: hands it a private copy, never ``param.grad`` itself)
     fused_overwrites_grads: bool = False
+    #: whether :meth:`fused_update` takes a flat buffer whose ``steps`` hold one count
+    #: per parameter (not only a single count standing for all of them)
+    fused_steps_per_param: bool = False
 
     def supports(self, group: Mapping[str, Any]) -> bool:
         """Whether the rule computes exactly what its optimizer class would for ``group``."""

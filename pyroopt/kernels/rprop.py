@@ -13,6 +13,12 @@ previous gradient :math:`g'`:
 
 with ``etas`` :math:`(\eta_-, \eta_+)` and ``step_sizes`` :math:`(\Delta_{\min},
 \Delta_{\max})`; ``maximize`` negates :math:`g` first.
+
+No torch kernel computes this in one pass. On the CPU, in float32 and float64, the
+engine runs pyroopt's C loop (:mod:`pyroopt.native.rprop`, bitwise equal to torch);
+elsewhere, or without that library, a chain of torch passes (:meth:`RpropRule.update`),
+equal to torch except that it stores NaN as the previous gradient where an infinite
+gradient flipped sign and torch stores 0 (both read as "no sign" next step).
 """
 
 from __future__ import annotations
@@ -25,9 +31,16 @@ import torch
 from pyroopt.kernels._coef import mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
+from pyroopt.native.rprop import rprop_update
 
 
 class RpropRule(UpdateRule):
+    """Rprop as :meth:`update` (a chain of torch passes, any device) and as
+    :meth:`fused_update` (one pass of pyroopt's C loop, CPU float32/float64)."""
+
+    has_fused = True
+    fused_steps_per_param = True
+
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("prev", "step_size")
 
@@ -65,3 +78,23 @@ class RpropRule(UpdateRule):
         torch._foreach_add_(prevs, 1.0)
         torch._foreach_mul_(prevs, grads)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
+
+    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, steps = batch
+        if len(steps) == len(params):
+            fresh = [t == 1 for t in steps]
+        elif 1 in steps:  # one flat buffer over parameters some of which are new
+            return False
+        else:
+            fresh = [steps[0] == 1] * len(params)
+        return rprop_update(
+            params,
+            grads,
+            state["prev"],
+            state["step_size"],
+            fresh,
+            lr=group["lr"],
+            etas=group["etas"],
+            step_sizes=group["step_sizes"],
+            maximize=group["maximize"],
+        )

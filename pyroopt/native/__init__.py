@@ -1,0 +1,135 @@
+"""C loops for the updates that no torch kernel computes in one pass.
+
+torch has fused one-pass kernels for SGD and the Adam family, and pyroopt maps RMSprop
+and AdagradRMSProp onto fused Adam. Rprop has no such kernel: in eager torch it is a
+chain of a dozen elementwise passes over memory. Its one-pass loop is plain C here
+(:file:`rprop.c`, no Python or torch headers), compiled with the system C compiler
+into pyroopt's cache directory and called through :mod:`ctypes` with data pointers.
+
+``make install`` builds it (``python -m pyroopt.native``); otherwise the first call
+builds it, which takes a second or two. The library's file name carries a hash of the
+source, the compiler and its flags, so an edited source is rebuilt rather than a
+stale library loaded, and concurrent builds (several workers of one job) each write
+a private file and rename it into place.
+
+Where no library can be had (no C compiler; ``PYROOPT_NATIVE=0`` in the environment
+to turn it off), :func:`library` returns ``None`` and :func:`unavailable_reason` says
+why; callers then run their eager torch form, which computes the same numbers.
+
+Example::
+
+    >>> from pyroopt import native
+    >>> lib = native.library()
+    >>> (lib is not None) == (native.unavailable_reason() is None)
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCES = (Path(__file__).with_name("rprop.c"),)
+#: ``-ffp-contract=off``: no fused multiply-adds, so every rounding is torch's.
+#: ``-fno-trapping-math``: comparisons may be computed for all lanes and blended (the
+#: values are the same; only floating-point exception flags are not kept), without
+#: which GCC leaves the selects as branches and the loop unvectorized, 3-9x slower.
+FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math", "-pthread")
+#: set to ``0`` to run the eager torch forms instead
+SWITCH = "PYROOPT_NATIVE"
+
+
+class NativeBuildError(RuntimeError):
+    """The C compiler failed, or none was found."""
+
+
+_library: ctypes.CDLL | None = None
+_reason: str | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: ``$PYROOPT_CACHE_DIR``, else ``~/.cache/pyroopt``."""
+    explicit = os.environ.get("PYROOPT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pyroopt"
+
+
+def compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` if set, else ``cc`` on the path (``None``: none)."""
+    command = shlex.split(os.environ.get("CC", ""))
+    if command:
+        return command
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
+
+
+def library_path(cc: list[str]) -> Path:
+    """The built library's path for this source, compiler and set of flags."""
+    digest = hashlib.sha256()
+    for part in (*cc, *FLAGS, platform.machine()):
+        digest.update(part.encode() + b"\0")
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return cache_dir() / "native" / f"pyroopt_native-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compile the library unless it is built already; its path.
+
+    Raises :class:`NativeBuildError` with the compiler's output when that fails.
+    """
+    cc = compiler()
+    if cc is None:
+        raise NativeBuildError("no C compiler: neither $CC, cc nor gcc is available")
+    target = library_path(cc)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
+    os.close(fd)
+    try:
+        command = [*cc, *FLAGS, "-o", partial, *map(str, SOURCES)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:  # the compiler named by $CC does not exist
+            raise NativeBuildError(f"{shlex.join(command)} could not run: {error}") from error
+        if done.returncode != 0:
+            raise NativeBuildError(
+                f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stderr}"
+            )
+        os.replace(partial, target)  # atomic: a reader never sees half a library
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, built on first use; ``None`` if it cannot be had."""
+    global _library, _reason, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get(SWITCH, "1") == "0":
+            _reason = f"turned off by {SWITCH}=0"
+        else:
+            try:
+                _library = ctypes.CDLL(str(build()))
+            except (NativeBuildError, OSError) as error:
+                _reason = str(error)
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is ``None``, or ``None`` when the library is loaded."""
+    library()
+    return _reason

@@ -1,0 +1,15 @@
+"""``python -m pyroopt.native``: build the native library now (``make install`` does).
+
+Exits with status 1 and the compiler's message when it cannot be built.
+"""
+
+import sys
+
+from pyroopt import native
+
+if __name__ == "__main__":
+    try:
+        path = native.build()
+    except native.NativeBuildError as error:
+        sys.exit(f"pyroopt.native: {error}")
+    print(f"pyroopt native kernels: {path}")

@@ -1,0 +1,112 @@
+r"""Rprop in one pass over memory: the typed entry to ``pyroopt_rprop_*`` in :file:`rprop.c`.
+
+Computes exactly what :class:`torch.optim.Rprop` computes (see
+:mod:`pyroopt.kernels.rprop` for the math), bitwise equal in float32 and float64, on
+contiguous CPU tensors.
+
+Example::
+
+    >>> import torch
+    >>> p, g = torch.zeros(3), torch.tensor([1.0, -1.0, 0.0])
+    >>> prev, size = torch.tensor([1.0, 1.0, 1.0]), torch.full((3,), 0.1)
+    >>> rprop_update([p], [g], [prev], [size], [False], lr=0.1, etas=(0.5, 1.2),
+    ...              step_sizes=(1e-6, 50.0), maximize=False)
+    True
+    >>> p, size, prev  # grew where the sign held, shrank and skipped where it flipped
+    (tensor([-0.1200,  0.0000,  0.0000]), tensor([0.1200, 0.0500, 0.1000]), tensor([1., 0., 0.]))
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt import native
+
+_ENTRIES = {torch.float32: "pyroopt_rprop_f32", torch.float64: "pyroopt_rprop_f64"}
+_functions: dict[torch.dtype, Any] = {}
+
+
+def _function(dtype: torch.dtype) -> Any:
+    """The C entry for ``dtype``, typed; ``None`` without the library or for other dtypes."""
+    function = _functions.get(dtype)
+    if function is None and dtype in _ENTRIES:
+        lib = native.library()
+        if lib is None:
+            return None
+        function = getattr(lib, _ENTRIES[dtype])
+        pointers = ctypes.POINTER(ctypes.c_void_p)
+        function.argtypes = [
+            ctypes.c_int64,  # number of tensors
+            *[pointers] * 4,  # params, grads, prevs, step sizes
+            ctypes.POINTER(ctypes.c_int64),  # numels
+            ctypes.POINTER(ctypes.c_ubyte),  # fresh: first step, step size starts at lr
+            *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
+            ctypes.c_int,  # maximize
+            ctypes.c_int,  # threads
+        ]
+        function.restype = ctypes.c_int
+        _functions[dtype] = function
+    return function
+
+
+def _pointers(tensors: Sequence[Tensor]) -> Any:
+    return (ctypes.c_void_p * len(tensors))(*map(Tensor.data_ptr, tensors))
+
+
+def _runs_here(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
+    return all(
+        t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided for t in tensors
+    ) and all(map(Tensor.is_contiguous, tensors))
+
+
+def rprop_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    prevs: Sequence[Tensor],
+    sizes: Sequence[Tensor],
+    fresh: Sequence[bool],
+    *,
+    lr: float,
+    etas: tuple[float, float],
+    step_sizes: tuple[float, float],
+    maximize: bool,
+) -> bool:
+    r"""One Rprop step of every tensor in place; ``False`` (nothing changed) if it cannot run.
+
+    ``prevs`` and ``sizes`` are the state (torch's ``prev`` and ``step_size``) and
+    ``step_sizes`` the bounds :math:`(\Delta_{\min}, \Delta_{\max})`. On a tensor's first
+    step (``fresh``) its step size starts at ``lr``, as torch creates it, whatever
+    ``sizes`` holds; its ``prev`` must then be zero.
+
+    It runs when the native library is loaded and all tensors are contiguous, on the
+    CPU, and of one dtype, float32 or float64, with matching sizes.
+    """
+    if not params:
+        return True
+    dtype = params[0].dtype
+    function = _function(dtype)
+    if function is None:
+        return False
+    lists = (params, grads, prevs, sizes)
+    if not all(_runs_here(ts, dtype) for ts in lists):
+        return False
+    numels = list(map(Tensor.numel, params))
+    if any(list(map(Tensor.numel, ts)) != numels for ts in lists[1:]):
+        return False
+    function(
+        len(params),
+        *map(_pointers, lists),
+        (ctypes.c_int64 * len(numels))(*numels),
+        (ctypes.c_ubyte * len(fresh))(*fresh),
+        lr,
+        *etas,
+        *step_sizes,
+        int(maximize),
+        torch.get_num_threads(),
+    )
+    return True

@@ -1,0 +1,156 @@
+"""The C Rprop loop against torch.optim.Rprop, bit for bit, and how the library is built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyroopt import native
+from pyroopt.native import rprop as native_rprop
+from pyroopt.native.rprop import rprop_update
+
+ARGS = {"lr": 0.01, "etas": (0.3, 1.5), "step_sizes": (1e-4, 0.05)}
+
+
+@pytest.fixture
+def fresh_load(monkeypatch, tmp_path):
+    """Forget the loaded library and build into an empty cache directory."""
+    monkeypatch.setenv("PYROOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_reason", None)
+    monkeypatch.setattr(native_rprop, "_functions", {})
+    return tmp_path
+
+
+def test_library_is_built_here():
+    """``make install`` builds it; a machine without it would run Rprop 4x slower."""
+    assert native.library() is not None, native.unavailable_reason()
+
+
+def _grads(sizes, step, dtype):
+    gen = torch.Generator().manual_seed(step)
+    grads = [torch.randn(n, generator=gen, dtype=dtype) for n in sizes]
+    for g in grads:  # exact zeros and repeated signs, as well as flips
+        g[::5] = 0.0
+        g[1::7] = g[1::7].abs()
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matches_torch_bit_for_bit(dtype, maximize, threads):
+    """Sizes put thread boundaries inside tensors and an empty tensor between two."""
+    sizes = [7, 150_000, 0, 3, 70_001]
+    torch.manual_seed(0)
+    ours = [torch.randn(n, dtype=dtype) for n in sizes]
+    theirs = [p.clone().requires_grad_() for p in ours]
+    reference = torch.optim.Rprop(theirs, **ARGS, maximize=maximize, foreach=False)
+    prevs = [torch.zeros_like(p) for p in ours]
+    step_sizes = [torch.full_like(p, 123.0) for p in ours]  # fresh: overwritten with lr
+    inf, nan = float("inf"), float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(12):
+            grads = _grads(sizes, step, dtype)
+            if step in (4, 5):  # infinite and NaN gradients, and a flip through infinity
+                grads[0][:3] = torch.tensor([inf if step == 4 else -inf, nan, -inf])
+            for p, g in zip(theirs, grads, strict=True):
+                p.grad = g.clone()
+            reference.step()
+            done = rprop_update(
+                ours, grads, prevs, step_sizes, [step == 0] * len(sizes), **ARGS, maximize=maximize
+            )
+            assert done
+            for i, p in enumerate(theirs):
+                state = reference.state[p]
+                torch.testing.assert_close(ours[i], p.detach(), rtol=0, atol=0, equal_nan=True)
+                torch.testing.assert_close(step_sizes[i], state["step_size"], rtol=0, atol=0)
+                torch.testing.assert_close(prevs[i], state["prev"], rtol=0, atol=0, equal_nan=True)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fresh_tensors_start_at_lr_whatever_their_step_size_holds():
+    params = [torch.zeros(2), torch.zeros(2)]
+    grads = [torch.ones(2), torch.ones(2)]
+    prevs = [torch.zeros(2), torch.ones(2)]
+    sizes = [torch.full((2,), 7.0), torch.full((2,), 0.02)]
+    assert rprop_update(params, grads, prevs, sizes, [True, False], **ARGS, maximize=False)
+    torch.testing.assert_close(sizes[0], torch.full((2,), 0.01))  # lr, sign unknown yet
+    torch.testing.assert_close(sizes[1], torch.full((2,), 0.03))  # 0.02 * eta_plus
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["half precision", "mixed dtypes", "not contiguous", "sizes differ", "meta device"],
+)
+def test_declines_what_it_cannot_compute_and_changes_nothing(case):
+    def tensors(dtype=torch.float32):
+        return [torch.ones(4, dtype=dtype) for _ in range(4)]
+
+    params, grads, prevs, sizes = tensors(), tensors(), tensors(), tensors()
+    if case == "half precision":
+        params, grads, prevs, sizes = (tensors(torch.float16) for _ in range(4))
+    elif case == "mixed dtypes":
+        grads = tensors(torch.float64)
+    elif case == "not contiguous":
+        params = [torch.ones(4, 2)[:, 0] for _ in range(4)]
+    elif case == "sizes differ":
+        prevs = [torch.ones(5) for _ in range(4)]
+    else:
+        params = [torch.ones(4, device="meta") for _ in range(4)]
+    snapshot = [[t.clone() for t in ts] for ts in (params, grads, prevs, sizes)]
+    assert not rprop_update(params, grads, prevs, sizes, [False] * 4, **ARGS, maximize=False)
+    if case != "meta device":
+        for ts, saved in zip((params, grads, prevs, sizes), snapshot, strict=True):
+            for t, s in zip(ts, saved, strict=True):
+                assert torch.equal(t, s)
+
+
+def test_no_tensors_is_a_step_of_nothing():
+    assert rprop_update([], [], [], [], [], **ARGS, maximize=False)
+
+
+def test_build_writes_one_library_per_source_and_reuses_it(fresh_load):
+    path = native.build()
+    assert path.parent == fresh_load / "native" and path.suffix == ".so"
+    built = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == built
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial files left
+    assert native.library() is not None
+
+
+def test_a_failing_compiler_is_reported_and_leaves_no_library(fresh_load, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(native.NativeBuildError, match=r"false .* failed"):
+        native.build()
+    assert not any((fresh_load / "native").iterdir())
+    assert native.library() is None
+    assert "failed" in native.unavailable_reason()
+
+
+def test_turned_off_by_the_environment(fresh_load, monkeypatch):
+    monkeypatch.setenv("PYROOPT_NATIVE", "0")
+    assert native.library() is None
+    assert native.unavailable_reason() == "turned off by PYROOPT_NATIVE=0"
+    params, grads, prevs, sizes = ([torch.ones(3)] for _ in range(4))
+    assert not rprop_update(params, grads, prevs, sizes, [False], **ARGS, maximize=False)
+
+
+def test_module_entry_point_builds_and_prints_the_path(fresh_load):
+    done = subprocess.run(
+        [sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True, check=True
+    )
+    assert str(fresh_load / "native") in done.stdout
+
+
+def test_module_entry_point_fails_loudly_without_a_compiler(fresh_load, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    done = subprocess.run([sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True)
+    assert done.returncode == 1 and "pyroopt.native:" in done.stderr
