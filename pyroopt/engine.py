@@ -298,7 +298,8 @@ class RuleBucket(Bucket):
         grad, grad_target = self._flat_scratch()
         self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
         # All parameters at the same step (the usual case): one count stands for all,
-        # and a fused kernel can update the whole flat buffer in one pass.
+        # and a fused kernel can update the whole flat buffer in one pass (some can
+        # with one count per parameter too: ``fused_steps_per_param``).
         first, n = self.steps[0], len(self.steps)
         uniform = self.steps.count(first) == n  # C-level loops: this is hot
         self.steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]

@@ -53,7 +53,8 @@ class UpdateRule(ABC):
     step_as_tensor: bool = True
     #: whether the optimizer holds state for a parameter before its first step
     state_before_first_step: bool = False
-    #: whether :meth:`fused_update` can run (a torch fused kernel computes this rule)
+    #: whether :meth:`fused_update` can run (a one-pass kernel, torch's or pyroopt's native
+    #: one, computes this rule)
     has_fused: bool = False
     #: with a fused kernel at hand, the largest average parameter size at which
     #: gathering the gradients into one flat buffer still costs less than running the
@@ -93,7 +94,7 @@ class UpdateRule(ABC):
         return None  # most optimizers never change their hyperparameters
 
     def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        """The same update in one pass of a torch fused kernel, where one exists.
+        """The same update in one pass of a fused kernel, where one exists.
 
         Returns ``False`` (having changed nothing) when no fused kernel can compute it;
         the engine then calls :meth:`update`.
