@@ -154,3 +154,12 @@ def test_module_entry_point_fails_loudly_without_a_compiler(fresh_load, monkeypa
     monkeypatch.setenv("CC", "/nonexistent/cc")
     done = subprocess.run([sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True)
     assert done.returncode == 1 and "pyroopt.native:" in done.stderr
+
+
+def test_module_entry_point_fails_loudly_when_the_cache_is_not_writable(fresh_load, monkeypatch):
+    blocker = fresh_load / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PYROOPT_CACHE_DIR", str(blocker))
+    done = subprocess.run([sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True)
+    assert done.returncode == 1 and "pyroopt.native:" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -10,6 +10,6 @@ from pyroopt import native
 if __name__ == "__main__":
     try:
         path = native.build()
-    except native.NativeBuildError as error:
+    except (native.NativeBuildError, OSError) as error:  # OSError: cache not writable
         sys.exit(f"pyroopt.native: {error}")
     print(f"pyroopt native kernels: {path}")
