@@ -40,7 +40,8 @@ SOURCES = (Path(__file__).with_name("rprop.c"),)
 #: ``-ffp-contract=off``: no fused multiply-adds, so every rounding is torch's.
 #: ``-fno-trapping-math``: comparisons may be computed for all lanes and blended (the
 #: values are the same; only floating-point exception flags are not kept), without
-#: which GCC leaves the selects as branches and the loop unvectorized, 3-9x slower.
+#: which GCC leaves the selects as branches and does not vectorize the loop (measured
+#: per float32 element: 7.3 ns instead of 2.25 ns, or 0.8 ns with the wide clones).
 FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math", "-pthread")
 #: set to ``0`` to run the eager torch forms instead
 SWITCH = "PYROOPT_NATIVE"

@@ -34,7 +34,8 @@
 #endif
 
 #define DEFINE_RPROP(SUFFIX, T)                                                        \
-    VECTOR_CLONES static void rprop_range_##SUFFIX(T *restrict param, const T *restrict grad,        \
+    VECTOR_CLONES                                                                      \
+    static void rprop_range_##SUFFIX(T *restrict param, const T *restrict grad,        \
                                      T *restrict prev, T *restrict step, int64_t n,    \
                                      int fresh, T lr, T eta_minus, T eta_plus,         \
                                      T step_min, T step_max, T direction) {            \
