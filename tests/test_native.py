@@ -42,10 +42,11 @@ def _grads(sizes, step, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("maximize", [False, True])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_matches_torch_bit_for_bit(dtype, maximize, threads):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matches_torch_bit_for_bit(monkeypatch, dtype, maximize, threads):
     """Sizes put thread boundaries inside tensors and an empty tensor between two."""
-    sizes = [7, 150_000, 0, 3, 70_001]
+    monkeypatch.setattr(native_rprop, "MIN_NUMEL_PER_THREAD", 1000)
+    sizes = [7, 1500, 0, 3, 1701]  # 2 threads split at 1605, 3 at 1070 and 2140
     torch.manual_seed(0)
     ours = [torch.randn(n, dtype=dtype) for n in sizes]
     theirs = [p.clone().requires_grad_() for p in ours]

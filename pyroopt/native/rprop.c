@@ -13,16 +13,15 @@
  * which is torch.optim.Rprop's single-tensor update, operation for operation in the
  * tensor's own precision, so results are bitwise equal to torch's.
  *
- * The elements of all tensors form one range that is split evenly over `n_threads`
- * POSIX threads (the caller passes torch's intra-op thread count); small calls run
- * on the calling thread alone. No Python or torch headers: the library is loaded
+ * The elements of all tensors form one range that is split evenly over up to
+ * `n_threads` POSIX threads (the caller passes torch's intra-op thread count), each
+ * with at least `min_per_thread` elements; smaller calls run on the calling thread
+ * alone. No Python or torch headers: the library is loaded
  * with ctypes and handed data pointers.
  */
 #include <pthread.h>
 #include <stdint.h>
 
-/* Below this many elements per thread, starting a thread costs more than it saves. */
-#define MIN_NUMEL_PER_THREAD (1 << 16)
 #define MAX_THREADS 64
 
 /* The loop is compiled for the baseline instruction set and for wider vectors, one
@@ -88,10 +87,11 @@
                                T *const *steps, const int64_t *numels,                 \
                                const unsigned char *fresh, double lr,                  \
                                double eta_minus, double eta_plus, double step_min,     \
-                               double step_max, int maximize, int n_threads) {         \
+                               double step_max, int maximize, int n_threads,           \
+                               int64_t min_per_thread) {                               \
         int64_t total = 0;                                                             \
         for (int64_t k = 0; k < n_tensors; ++k) total += numels[k];                    \
-        int64_t useful = total / MIN_NUMEL_PER_THREAD;                                 \
+        int64_t useful = total / (min_per_thread > 0 ? min_per_thread : 1);            \
         if (n_threads > useful) n_threads = (int)useful;                               \
         if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;                          \
         if (n_threads < 1) n_threads = 1;                                              \
