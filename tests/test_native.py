@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pyro
 import pytest
 import torch
 
-from pyroopt import native
+import pyroopt
+from pyroopt import engine, native
 from pyroopt.native import rprop as native_rprop
 from pyroopt.native.rprop import rprop_update
 
@@ -75,6 +77,28 @@ def test_matches_torch_bit_for_bit(monkeypatch, dtype, maximize, threads):
                 torch.testing.assert_close(prevs[i], state["prev"], rtol=0, atol=0, equal_nan=True)
     finally:
         torch.set_num_threads(before)
+
+
+def test_written_tensors_are_marked_modified_for_autograd():
+    params, grads, prevs, sizes = ([torch.ones(2)] for _ in range(4))
+    before = [t._version for t in (*params, *prevs, *sizes)]
+    assert rprop_update(params, grads, prevs, sizes, [False], **ARGS, maximize=False)
+    after = [t._version for t in (*params, *prevs, *sizes)]
+    assert all(a > b for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
+def test_autograd_refuses_a_graph_that_saved_a_parameter_rprop_then_changed(monkeypatch, flat):
+    """As with torch.optim.Rprop: backward through stale saved values raises."""
+    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
+    pyro.clear_param_store()
+    param = torch.randn(5, requires_grad=True)
+    optim = pyroopt.Rprop({"lr": 0.1})
+    loss = (param * param).sum()  # saves param for backward
+    param.grad = torch.ones(5)
+    optim([param])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_fresh_tensors_start_at_lr_whatever_their_step_size_holds():

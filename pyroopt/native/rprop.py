@@ -117,4 +117,7 @@ def rprop_update(
         torch.get_num_threads(),
         MIN_NUMEL_PER_THREAD,
     )
+    # Written through raw pointers, so autograd did not see it: tell it, as an in-place
+    # torch op would, so a graph that saved a parameter refuses to backward through it.
+    torch._C._increment_version([*params, *prevs, *sizes])
     return True
