@@ -113,7 +113,14 @@ def test_fresh_tensors_start_at_lr_whatever_their_step_size_holds():
 
 @pytest.mark.parametrize(
     "case",
-    ["half precision", "mixed dtypes", "not contiguous", "sizes differ", "meta device"],
+    [
+        "half precision",
+        "mixed dtypes",
+        "not contiguous",
+        "lazily negated",
+        "sizes differ",
+        "meta device",
+    ],
 )
 def test_declines_what_it_cannot_compute_and_changes_nothing(case):
     def tensors(dtype=torch.float32):
@@ -126,6 +133,8 @@ def test_declines_what_it_cannot_compute_and_changes_nothing(case):
         grads = tensors(torch.float64)
     elif case == "not contiguous":
         params = [torch.ones(4, 2)[:, 0] for _ in range(4)]
+    elif case == "lazily negated":
+        grads = [torch._neg_view(torch.ones(4)) for _ in range(4)]
     elif case == "sizes differ":
         prevs = [torch.ones(5) for _ in range(4)]
     else:

@@ -66,9 +66,19 @@ def _pointers(tensors: Sequence[Tensor]) -> Any:
 
 
 def _runs_here(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
-    return all(
-        t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided for t in tensors
-    ) and all(map(Tensor.is_contiguous, tensors))
+    """Whether the loop can read ``tensors`` as plain arrays of ``dtype`` in memory.
+
+    (A tensor with its negative bit set is a lazily negated view: its memory holds
+    the values before negation.)
+    """
+    return (
+        all(
+            t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided
+            for t in tensors
+        )
+        and all(map(Tensor.is_contiguous, tensors))
+        and not any(map(Tensor.is_neg, tensors))
+    )
 
 
 def rprop_update(
