@@ -123,8 +123,8 @@ def test_fresh_tensors_start_at_lr_whatever_their_step_size_holds():
     ],
 )
 def test_declines_what_it_cannot_compute_and_changes_nothing(case):
-    def tensors(dtype=torch.float32):
-        return [torch.ones(4, dtype=dtype) for _ in range(4)]
+    def tensors(dtype=torch.float32, **kwargs):  # float32: the tests' default is float64
+        return [torch.ones(4, dtype=dtype, **kwargs) for _ in range(4)]
 
     params, grads, prevs, sizes = tensors(), tensors(), tensors(), tensors()
     if case == "half precision":
@@ -132,13 +132,13 @@ def test_declines_what_it_cannot_compute_and_changes_nothing(case):
     elif case == "mixed dtypes":
         grads = tensors(torch.float64)
     elif case == "not contiguous":
-        params = [torch.ones(4, 2)[:, 0] for _ in range(4)]
+        params = [torch.ones(4, 2, dtype=torch.float32)[:, 0] for _ in range(4)]
     elif case == "lazily negated":
-        grads = [torch._neg_view(torch.ones(4)) for _ in range(4)]
+        grads = [torch._neg_view(g) for g in tensors()]
     elif case == "sizes differ":
-        prevs = [torch.ones(5) for _ in range(4)]
+        prevs = [torch.ones(5, dtype=torch.float32) for _ in range(4)]
     else:
-        params = [torch.ones(4, device="meta") for _ in range(4)]
+        params = tensors(device="meta")
     snapshot = [[t.clone() for t in ts] for ts in (params, grads, prevs, sizes)]
     assert not rprop_update(params, grads, prevs, sizes, [False] * 4, **ARGS, maximize=False)
     if case != "meta device":
