@@ -100,8 +100,10 @@ def rprop_update(
     step (``fresh``) its step size starts at ``lr``, as torch creates it, whatever
     ``sizes`` holds; its ``prev`` must then be zero.
 
-    It runs when the native library is loaded and all tensors are contiguous, on the
-    CPU, and of one dtype, float32 or float64, with matching sizes.
+    It runs when the native library is loaded and all tensors are contiguous (and not
+    lazily negated), on the CPU, and of one dtype, float32 or float64, with matching
+    sizes. Every tensor it writes is marked modified for autograd, as an in-place torch
+    operation would be.
     """
     if not params:
         return True
