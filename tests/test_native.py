@@ -147,6 +147,12 @@ def test_declines_what_it_cannot_compute_and_changes_nothing(case):
                 assert torch.equal(t, s)
 
 
+def test_one_fresh_flag_per_tensor_is_required():
+    params, grads, prevs, sizes = ([torch.ones(3)] for _ in range(4))
+    with pytest.raises(ValueError, match="fresh has 0 flags for 1 tensors"):
+        rprop_update(params, grads, prevs, sizes, [], **ARGS, maximize=False)
+
+
 def test_no_tensors_is_a_step_of_nothing():
     assert rprop_update([], [], [], [], [], **ARGS, maximize=False)
 

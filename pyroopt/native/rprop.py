@@ -105,6 +105,8 @@ def rprop_update(
     sizes. Every tensor it writes is marked modified for autograd, as an in-place torch
     operation would be.
     """
+    if len(fresh) != len(params):  # the loop reads one flag per tensor
+        raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
     dtype = params[0].dtype
