@@ -17,15 +17,18 @@ from pyroopt.native.rprop import rprop_update
 ARGS = {"lr": 0.01, "etas": (0.3, 1.5), "step_sizes": (1e-4, 0.05)}
 
 
+def _forget_the_library():
+    native._load.cache_clear()
+    native_rprop._function.cache_clear()
+
+
 @pytest.fixture
 def fresh_load(monkeypatch, tmp_path):
     """Forget the loaded library and build into an empty cache directory."""
     monkeypatch.setenv("PYROOPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(native, "_tried", False)
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_reason", None)
-    monkeypatch.setattr(native_rprop, "_functions", {})
-    return tmp_path
+    _forget_the_library()
+    yield tmp_path
+    _forget_the_library()  # later tests load it again, from the usual cache
 
 
 def test_library_is_built_here():
@@ -203,3 +206,4 @@ def test_module_entry_point_fails_loudly_when_the_cache_is_not_writable(fresh_lo
     done = subprocess.run([sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True)
     assert done.returncode == 1 and "pyroopt.native:" in done.stderr
     assert "Traceback" not in done.stderr
+

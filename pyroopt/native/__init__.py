@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -49,11 +50,6 @@ SWITCH = "PYROOPT_NATIVE"
 
 class NativeBuildError(RuntimeError):
     """The C compiler failed, or none was found."""
-
-
-_library: ctypes.CDLL | None = None
-_reason: str | None = None
-_tried = False
 
 
 def cache_dir() -> Path:
@@ -115,22 +111,22 @@ def build() -> Path:
     return target
 
 
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The library and ``None``, or ``None`` and why not; tried once per process."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None, f"turned off by {SWITCH}=0"
+    try:
+        return ctypes.CDLL(str(build())), None
+    except (NativeBuildError, OSError) as error:
+        return None, str(error)
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded library, built on first use; ``None`` if it cannot be had."""
-    global _library, _reason, _tried
-    if not _tried:
-        _tried = True
-        if os.environ.get(SWITCH, "1") == "0":
-            _reason = f"turned off by {SWITCH}=0"
-        else:
-            try:
-                _library = ctypes.CDLL(str(build()))
-            except (NativeBuildError, OSError) as error:
-                _reason = str(error)
-    return _library
+    return _load()[0]
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`library` is ``None``, or ``None`` when the library is loaded."""
-    library()
-    return _reason
+    return _load()[1]

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,30 +35,27 @@ _ENTRIES = {torch.float32: "pyroopt_rprop_f32", torch.float64: "pyroopt_rprop_f6
 #: well above 1M elements (measured, one call on float32, 1 thread / 2 threads:
 #: 64 / 61 us at 64k, 163 / 261 us at 128k, 908 / 1020 us at 1M elements).
 MIN_NUMEL_PER_THREAD = 1 << 20
-_functions: dict[torch.dtype, Any] = {}
 
 
+@functools.cache
 def _function(dtype: torch.dtype) -> Any:
     """The C entry for ``dtype``, typed; ``None`` without the library or for other dtypes."""
-    function = _functions.get(dtype)
-    if function is None and dtype in _ENTRIES:
-        lib = native.library()
-        if lib is None:
-            return None
-        function = getattr(lib, _ENTRIES[dtype])
-        pointers = ctypes.POINTER(ctypes.c_void_p)
-        function.argtypes = [
-            ctypes.c_int64,  # number of tensors
-            *[pointers] * 4,  # params, grads, prevs, step sizes
-            ctypes.POINTER(ctypes.c_int64),  # numels
-            ctypes.POINTER(ctypes.c_ubyte),  # fresh: first step, step size starts at lr
-            *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
-            ctypes.c_int,  # maximize
-            ctypes.c_int,  # threads
-            ctypes.c_int64,  # elements per thread, at least
-        ]
-        function.restype = ctypes.c_int
-        _functions[dtype] = function
+    lib = native.library() if dtype in _ENTRIES else None
+    if lib is None:
+        return None
+    function = getattr(lib, _ENTRIES[dtype])
+    pointers = ctypes.POINTER(ctypes.c_void_p)
+    function.argtypes = [
+        ctypes.c_int64,  # number of tensors
+        *[pointers] * 4,  # params, grads, prevs, step sizes
+        ctypes.POINTER(ctypes.c_int64),  # numels
+        ctypes.POINTER(ctypes.c_ubyte),  # fresh: first step, step size starts at lr
+        *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
+        ctypes.c_int,  # maximize
+        ctypes.c_int,  # threads
+        ctypes.c_int64,  # elements per thread, at least
+    ]
+    function.restype = ctypes.c_int
     return function
 
 
