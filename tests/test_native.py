@@ -11,8 +11,10 @@ import torch
 
 import pyroopt
 from pyroopt import engine, native
+from pyroopt.kernels.base import Batch
 from pyroopt.native import rprop as native_rprop
 from pyroopt.native.rprop import rprop_update
+from pyroopt.registry import RULES
 
 ARGS = {"lr": 0.01, "etas": (0.3, 1.5), "step_sizes": (1e-4, 0.05)}
 
@@ -207,3 +209,14 @@ def test_module_entry_point_fails_loudly_when_the_cache_is_not_writable(fresh_lo
     assert done.returncode == 1 and "pyroopt.native:" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+@pytest.mark.parametrize("steps", [[1], [1, 1]], ids=["one count for all", "a count each"])
+def test_the_rule_runs_first_steps_natively(steps):
+    """Batch allows one step count standing for all tensors, or one per tensor."""
+    params = [torch.zeros(2), torch.zeros(3)]
+    state = {k: [torch.zeros_like(p) for p in params] for k in ("prev", "step_size")}
+    group = {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50.0), "maximize": False}
+    batch = Batch(params, [torch.ones(2), -torch.ones(3)], state, steps)
+    assert RULES[torch.optim.Rprop].fused_update(batch, group)
+    torch.testing.assert_close(torch.cat(state["step_size"]), torch.full((5,), 0.01))
+    torch.testing.assert_close(torch.cat(params), torch.tensor([-0.01] * 2 + [0.01] * 3))

@@ -83,10 +83,12 @@ class RpropRule(UpdateRule):
         params, grads, state, steps = batch
         if len(steps) == len(params):
             fresh = [t == 1 for t in steps]
-        elif 1 in steps:  # one flat buffer over parameters some of which are new
+        elif len(steps) == 1:  # one count stands for all tensors
+            fresh = [steps[0] == 1] * len(params)
+        elif 1 in steps:  # one flat buffer over parameters with own counts, some new
             return False
         else:
-            fresh = [steps[0] == 1] * len(params)
+            fresh = [False] * len(params)
         return rprop_update(
             params,
             grads,
