@@ -338,8 +338,8 @@ class RuleBucket(Bucket):
     def _fuse_on_copy(self, piece: Batch) -> bool:
         """Run a fused kernel that overwrites its gradients on a copy of them.
 
-        The copy is one cache-sized piece at a time, so it costs little memory traffic:
-        the kernel then reads the gradients from cache.
+        The copy covers one piece (see ``FUSED_COPY_PIECE_NUMEL``), so its buffer stays
+        bounded however large the bucket.
         """
         grads = piece.grads
         numel = sum(g.numel() for g in grads)
