@@ -12,7 +12,7 @@ install: $(STAMP)
 
 # Rebuilt only when the package metadata, the pins, the horovod build or the C source
 # of the native kernels change, so a second `make install` does nothing.
-$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh pyroopt/native/rprop.c
+$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh $(wildcard pyroopt/native/*.c pyroopt/native/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch pyro-ppl

@@ -37,7 +37,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCES = (Path(__file__).with_name("rprop.c"),)
+_HERE = Path(__file__).parent
+#: every C file is compiled into one library; headers count towards its hash
+SOURCES = tuple(sorted(_HERE.glob("*.c")))
+HEADERS = tuple(sorted(_HERE.glob("*.h")))
 #: ``-ffp-contract=off``: no fused multiply-adds, so every rounding is torch's.
 #: ``-fno-trapping-math``: comparisons may be computed for all lanes and blended (the
 #: values are the same; only floating-point exception flags are not kept), without
@@ -75,8 +78,8 @@ def library_path(cc: list[str]) -> Path:
     digest = hashlib.sha256()
     for part in (*cc, *FLAGS, platform.machine()):
         digest.update(part.encode() + b"\0")
-    for source in SOURCES:
-        digest.update(source.read_bytes())
+    for source in (*SOURCES, *HEADERS):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return cache_dir() / "native" / f"pyroopt_native-{digest.hexdigest()[:16]}.so"
 
 

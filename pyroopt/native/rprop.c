@@ -13,27 +13,16 @@
  * which is torch.optim.Rprop's single-tensor update, operation for operation in the
  * tensor's own precision, so results are bitwise equal to torch's.
  *
- * The elements of all tensors form one range that is split evenly over up to
- * `n_threads` POSIX threads (the caller passes torch's intra-op thread count), each
- * with at least `min_per_thread` elements; smaller calls run on the calling thread
- * alone. No Python or torch headers: the library is loaded
+ * The elements of all tensors are split over up to `n_threads` threads by
+ * pyroopt_parallel (parallel.h). No Python or torch headers: the library is loaded
  * with ctypes and handed data pointers.
  */
-#include <pthread.h>
 #include <stdint.h>
 
-#define MAX_THREADS 64
-
-/* The loop is compiled for the baseline instruction set and for wider vectors, one
- * of which is picked at load time for the CPU at hand (GCC on x86-64 Linux). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "parallel.h"
 
 #define DEFINE_RPROP(SUFFIX, T)                                                        \
-    VECTOR_CLONES                                                                      \
+    PYROOPT_VECTOR_CLONES                                                              \
     static void rprop_range_##SUFFIX(T *restrict param, const T *restrict grad,        \
                                      T *restrict prev, T *restrict step, int64_t n,    \
                                      int fresh, T lr, T eta_minus, T eta_plus,         \
@@ -54,32 +43,21 @@
     }                                                                                  \
                                                                                        \
     typedef struct {                                                                   \
-        int64_t n_tensors;                                                             \
         T *const *params;                                                              \
         const T *const *grads;                                                         \
         T *const *prevs;                                                               \
         T *const *steps;                                                               \
-        const int64_t *numels;                                                         \
         const unsigned char *fresh;                                                    \
-        int64_t begin, end; /* elements of the concatenation of all tensors */         \
         T lr, eta_minus, eta_plus, step_min, step_max, direction;                      \
-    } rprop_work_##SUFFIX;                                                             \
+    } rprop_args_##SUFFIX;                                                             \
                                                                                        \
-    static void *rprop_work_run_##SUFFIX(void *arg) {                                  \
-        const rprop_work_##SUFFIX *w = arg;                                            \
-        int64_t offset = 0; /* of tensor k in the concatenation */                     \
-        for (int64_t k = 0; k < w->n_tensors && offset < w->end; ++k) {                \
-            int64_t lo = w->begin > offset ? w->begin - offset : 0;                    \
-            int64_t hi = w->end - offset < w->numels[k] ? w->end - offset              \
-                                                        : w->numels[k];               \
-            if (lo < hi)                                                               \
-                rprop_range_##SUFFIX(w->params[k] + lo, w->grads[k] + lo,              \
-                                     w->prevs[k] + lo, w->steps[k] + lo, hi - lo,      \
-                                     w->fresh[k], w->lr, w->eta_minus, w->eta_plus,    \
-                                     w->step_min, w->step_max, w->direction);          \
-            offset += w->numels[k];                                                    \
-        }                                                                              \
-        return 0;                                                                      \
+    static void rprop_piece_##SUFFIX(const void *ctx, int64_t k, int64_t lo,           \
+                                     int64_t hi) {                                     \
+        const rprop_args_##SUFFIX *a = ctx;                                            \
+        rprop_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo, a->prevs[k] + lo,    \
+                             a->steps[k] + lo, hi - lo, a->fresh[k], a->lr,            \
+                             a->eta_minus, a->eta_plus, a->step_min, a->step_max,      \
+                             a->direction);                                            \
     }                                                                                  \
                                                                                        \
     int pyroopt_rprop_##SUFFIX(int64_t n_tensors, T *const *params,                    \
@@ -89,33 +67,12 @@
                                double eta_minus, double eta_plus, double step_min,     \
                                double step_max, int maximize, int n_threads,           \
                                int64_t min_per_thread) {                               \
-        int64_t total = 0;                                                             \
-        for (int64_t k = 0; k < n_tensors; ++k) total += numels[k];                    \
-        int64_t useful = total / (min_per_thread > 0 ? min_per_thread : 1);            \
-        if (n_threads > useful) n_threads = (int)useful;                               \
-        if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;                          \
-        if (n_threads < 1) n_threads = 1;                                              \
-        rprop_work_##SUFFIX work[MAX_THREADS];                                         \
-        pthread_t threads[MAX_THREADS];                                                \
-        for (int t = 0; t < n_threads; ++t) {                                          \
-            rprop_work_##SUFFIX w = {n_tensors, params, grads, prevs, steps, numels,   \
-                                     fresh, total * t / n_threads,                     \
-                                     total * (t + 1) / n_threads, (T)lr,               \
-                                     (T)eta_minus, (T)eta_plus, (T)step_min,           \
-                                     (T)step_max, maximize ? (T)-1 : (T)1};            \
-            work[t] = w;                                                               \
-        }                                                                              \
-        int started = 0;                                                               \
-        for (int t = 1; t < n_threads; ++t) {                                          \
-            if (pthread_create(&threads[t], 0, rprop_work_run_##SUFFIX, &work[t]))     \
-                break;                                                                 \
-            started = t;                                                               \
-        }                                                                              \
-        rprop_work_run_##SUFFIX(&work[0]);                                             \
-        /* a thread that could not start: its range runs here */                      \
-        for (int t = started + 1; t < n_threads; ++t) rprop_work_run_##SUFFIX(&work[t]); \
-        for (int t = 1; t <= started; ++t) pthread_join(threads[t], 0);                \
-        return n_threads;                                                              \
+        rprop_args_##SUFFIX a = {params,         grads,          prevs,                \
+                                 steps,          fresh,          (T)lr,                \
+                                 (T)eta_minus,   (T)eta_plus,    (T)step_min,          \
+                                 (T)step_max,    maximize ? (T)-1 : (T)1};             \
+        return pyroopt_parallel(n_tensors, numels, n_threads, min_per_thread,          \
+                                rprop_piece_##SUFFIX, &a);                             \
     }
 
 DEFINE_RPROP(f32, float)

@@ -1,0 +1,34 @@
+/* Splitting one update over many tensors across POSIX threads.
+ *
+ * A kernel sees the elements of all its tensors as one range, the tensors laid end to
+ * end in the order given. `pyroopt_parallel` cuts that range into `n_threads` equal
+ * parts (fewer when a part would hold under `min_per_thread` elements; at most
+ * PYROOPT_MAX_THREADS), runs part 0 on the calling thread and the others on threads
+ * started for this call, and calls `range(ctx, k, lo, hi)` for each piece of tensor
+ * `k` that a part covers: elements [lo, hi) of that tensor. A part never splits an
+ * element, and the values of an element never depend on which part computes it, so
+ * the thread count changes no number. Returns the number of parts run.
+ *
+ * A thread that cannot be started has its part run on the calling thread.
+ */
+#ifndef PYROOPT_PARALLEL_H
+#define PYROOPT_PARALLEL_H
+
+#include <stdint.h>
+
+#define PYROOPT_MAX_THREADS 64
+
+typedef void (*pyroopt_range_fn)(const void *ctx, int64_t k, int64_t lo, int64_t hi);
+
+int pyroopt_parallel(int64_t n_tensors, const int64_t *numels, int n_threads,
+                     int64_t min_per_thread, pyroopt_range_fn range, const void *ctx);
+
+/* The loops are compiled for the baseline instruction set and for wider vectors, one
+ * of which is picked at load time for the CPU at hand (GCC on x86-64 Linux). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PYROOPT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYROOPT_VECTOR_CLONES
+#endif
+
+#endif
