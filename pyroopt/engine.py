@@ -11,9 +11,14 @@ Three kinds, fastest first (:func:`make_bucket` picks):
 - :class:`RuleBucket` runs an update rule pyroopt owns (:mod:`pyroopt.kernels`) on one
   flat buffer per state over the whole bucket. Gradients are gathered with
   ``torch.cat``; parameters live in a flat buffer of their own where that is safe
-  (:mod:`pyroopt.seating`), so the update needs no scatter.
+  (:mod:`pyroopt.seating`), so the update needs no scatter. The update is the rule's
+  one-pass C loop (:mod:`pyroopt.native`) where it runs, else its chain of torch ops;
+  both compute torch's single-tensor numbers bit for bit, and every element's value
+  is independent of where its parameter sits in a buffer.
 - :class:`TorchBucket` holds one torch optimizer over all the bucket's parameters,
-  with ``fused=True`` where torch supports it, else ``foreach=True``.
+  with the implementation torch picks by default for them (``foreach`` on CUDA, the
+  single-tensor loop on CPU), which is the one a per-parameter optimizer picks too;
+  ``fused=True`` or ``foreach=True`` runs only when the user asks for it.
 - :class:`PerParamBucket` holds one optimizer per parameter, exactly as pyro.optim
   does; it serves constructors pyroopt knows nothing about.
 """
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_fused_kernels_supported_devices, _get_scalar_dtype
+from torch.optim.optimizer import _get_scalar_dtype
 
 from pyroopt.flat import FlatLayout, Target
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
@@ -48,17 +53,11 @@ _IS_SPARSE = operator.attrgetter("is_sparse")
 #: per-tensor overhead they save.
 FLAT_MAX_AVG_NUMEL = 1 << 16
 
-#: Without a fused kernel an update is a chain of elementwise passes; running the chain
+#: Without a native loop an update is a chain of elementwise passes; running the chain
 #: over pieces of about this many elements keeps each piece in cache between passes
 #: (measured: an Adam chain over 10M float32 elements took 34 ms in one piece, 17 ms
 #: in pieces of 250k).
 CHAIN_PIECE_NUMEL = 1 << 18
-
-#: A fused kernel that overwrites its gradients runs on a copy of them, made one piece
-#: of about this many elements at a time. One pass per piece needs no cache-sized
-#: pieces, and fewer calls cost less (measured, RMSprop on 10 x 1M float32 against
-#: fused Adam on one flat tensor: 1.79x in pieces of 256k, 1.31x of 1M, 1.17x of 4M).
-FUSED_COPY_PIECE_NUMEL = 1 << 22
 ParamState = dict[str, Any]
 
 
@@ -171,7 +170,6 @@ class RuleBucket(Bucket):
         super().__init__(constructor, group)
         self.rule = rule
         self.keys = rule.state_keys(group)
-        self._fused_devices = _get_fused_kernels_supported_devices()
         self.steps: list[int] = []
         # Per-parameter state kept beside the flat buffers until the next layout.
         self._loose: dict[Tensor, dict[str, Tensor]] = {}
@@ -179,7 +177,6 @@ class RuleBucket(Bucket):
         self._flat: dict[str, Tensor] = {}
         self._views: dict[str, list[Tensor]] = {}
         self._target: GroupOptimizer | None = None
-        self._copy_buffer: Tensor | None = None
         self._values: FlatValues | None = None  # while the bucket steps flat
 
     def schedule_target(self) -> Optimizer:
@@ -236,12 +233,9 @@ class RuleBucket(Bucket):
             self._values = None
 
     def _flat_capable(self) -> bool:
-        """Whether a call passing every parameter runs on flat buffers: small parameters
-        (where per-tensor costs dominate) and a rule for which gathering pays off."""
-        limit = FLAT_MAX_AVG_NUMEL
-        if self.rule.fused_flat_max_avg_numel is not None and self._fusable():
-            limit = min(limit, self.rule.fused_flat_max_avg_numel)
-        return self.numel <= limit * len(self.params)
+        """Whether a call passing every parameter runs on flat buffers: small parameters,
+        where per-tensor costs dominate."""
+        return self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params)
 
     def _flat_scratch(self) -> tuple[Tensor, Target]:
         """The flat gradient buffer, made on first use."""
@@ -298,22 +292,20 @@ class RuleBucket(Bucket):
         grad, grad_target = self._flat_scratch()
         self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
         # All parameters at the same step (the usual case): one count stands for all,
-        # and a fused kernel can update the whole flat buffer in one pass (some can
-        # with one count per parameter too: ``fused_steps_per_param``).
+        # and the update runs on the whole flat buffer. Otherwise it runs on each
+        # parameter's slice, with its own count.
         first, n = self.steps[0], len(self.steps)
         uniform = self.steps.count(first) == n  # C-level loops: this is hot
         self.steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]
-        steps = self.steps[:1] if uniform else self.steps
         buffer = values.loaded()
-        state = {k: [self._flat[k]] for k in self.keys}
-        sizes, numel = self.sizes, self.numel
-
-        def coef(values: Any) -> Any:
-            return per_param(values, sizes, numel, buffer)
-
-        batch = Batch([buffer], [grad], state, steps)
-        if not ((uniform or self.rule.fused_steps_per_param) and self._fuse(batch)):
-            self.rule.update(batch, self.group, coef)
+        if uniform:
+            batch = Batch([buffer], [grad], {k: [self._flat[k]] for k in self.keys}, [first + 1])
+        else:
+            batch = Batch(
+                self.flat.views(buffer), grad_target.views, self._views, self.steps
+            )
+        if not self._native(batch):
+            self.rule.update(batch, self.group, per_param)
         values.stored()
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
@@ -322,42 +314,15 @@ class RuleBucket(Bucket):
             self.steps[i] += 1
         steps = [self.steps[i] for i in rows]
         state = {k: [self._views[k][i] for i in rows] for k in self.keys}
-        like = live[0]
-
-        def coef(values: Any) -> Any:
-            return per_param(values, None, 0, like)
-
         batch = Batch(live, grads, state, steps)
-        if not self.rule.fused_overwrites_grads and self._fuse(batch):
+        if self._native(batch):
             return
-        copies = self.rule.fused_overwrites_grads and self._fusable()
-        for piece in _pieces(batch, FUSED_COPY_PIECE_NUMEL if copies else CHAIN_PIECE_NUMEL):
-            if not (copies and self._fuse_on_copy(piece)):
-                self.rule.update(piece, self.group, coef)
+        for piece in _pieces(batch, CHAIN_PIECE_NUMEL):
+            self.rule.update(piece, self.group, per_param)
 
-    def _fuse_on_copy(self, piece: Batch) -> bool:
-        """Run a fused kernel that overwrites its gradients on a copy of them.
-
-        The copy covers one piece (see ``FUSED_COPY_PIECE_NUMEL``), so its buffer stays
-        bounded however large the bucket.
-        """
-        grads = piece.grads
-        numel = sum(g.numel() for g in grads)
-        if self._copy_buffer is None or self._copy_buffer.numel() < numel:
-            self._copy_buffer = torch.empty(numel, dtype=grads[0].dtype, device=grads[0].device)
-        if len(grads) == 1:
-            copies = [self._copy_buffer[:numel].view(grads[0].shape)]
-        else:
-            copies = FlatLayout([g.shape for g in grads]).views(self._copy_buffer[:numel])
-        torch._foreach_copy_(copies, list(grads))
-        return self._fuse(piece._replace(grads=copies))
-
-    def _fuse(self, batch: Batch) -> bool:
-        """Run the rule's fused kernel if the device has one; ``False`` if not run."""
-        return self._fusable() and self.rule.fused_update(batch, self.group)
-
-    def _fusable(self) -> bool:
-        return self.rule.has_fused and self.params[0].device.type in self._fused_devices
+    def _native(self, batch: Batch) -> bool:
+        """Run the rule's native loop; ``False`` (nothing changed) if it cannot run."""
+        return self.rule.has_native and self.rule.native_update(batch, self.group)
 
     # -- state ------------------------------------------------------------------
     def state_dict(self, param: Tensor) -> dict[str, Any]:
@@ -483,15 +448,14 @@ def _closure_only(
 
 
 class TorchBucket(Bucket):
-    """One torch optimizer over the whole bucket, run fused or foreach."""
+    """One torch optimizer over the whole bucket, with torch's default implementation."""
 
-    def __init__(self, constructor: Callable[..., Optimizer], group: Group, implementation: Group):
+    def __init__(self, constructor: Callable[..., Optimizer], group: Group):
         super().__init__(constructor, group)
-        self.implementation = implementation
         self.optimizer: Optimizer | None = None
 
     def _run_args(self) -> Group:
-        return {**self.group, **self.implementation}
+        return self.group
 
     def add(self, param: Tensor) -> None:
         super().add(param)
@@ -517,9 +481,7 @@ class TorchBucket(Bucket):
 
     def _public_group(self) -> Group:
         assert self.optimizer is not None
-        live = hyperparameters(self.optimizer)
-        live.update({k: self.group[k] for k in self.implementation})
-        return live
+        return hyperparameters(self.optimizer)
 
     def state_dict(self, param: Tensor) -> dict[str, Any]:
         assert self.optimizer is not None
@@ -649,30 +611,6 @@ def _accepts(constructor: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def fastest_torch_implementation(
-    constructor: Callable[..., Optimizer], group: Group, param: Tensor
-) -> Group:
-    """``fused=True`` where torch supports it for ``param``, else ``foreach=True``.
-
-    A choice the user made (``foreach``/``fused`` not None) is kept as it is.
-    """
-    if any(group.get(k) is not None for k in ("foreach", "fused")):
-        return {}
-    if group.get("differentiable"):
-        return {}
-    fused_devices = _get_fused_kernels_supported_devices()
-    if (
-        _accepts(constructor, "fused")
-        and param.device.type in fused_devices
-        and param.is_floating_point()
-        and not group.get("capturable")
-    ):
-        return {"fused": True}
-    if _accepts(constructor, "foreach"):
-        return {"foreach": True}
-    return {}
-
-
 def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tensor) -> Bucket:
     """The fastest bucket that computes what ``constructor(**group)`` computes."""
     rule = rule_for(constructor)
@@ -680,9 +618,7 @@ def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tens
     if rule is not None and not user_chose and rule.supports(group) and param.is_floating_point():
         return RuleBucket(constructor, group, rule)
     if is_group_safe(constructor):
-        return TorchBucket(
-            constructor, group, fastest_torch_implementation(constructor, group, param)
-        )
+        return TorchBucket(constructor, group)
     return PerParamBucket(constructor, group)
 
 

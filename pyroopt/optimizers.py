@@ -109,9 +109,8 @@ class RuleOptimizer(Optimizer):
         steps = [int(state["step"]) for state in states]
         as_real = [_real(p) for p in params]
         lists = {k: [_real(state[k]) for state in states] for k in self.rule.state_keys(group)}
-        like = as_real[0]
         batch = Batch(as_real, [_real(g) for g in grads], lists, steps)  # type: ignore[arg-type]
-        self.rule.update(batch, group, lambda values: per_param(values, None, 0, like))
+        self.rule.update(batch, group, per_param)
 
 
 def _real(t: Tensor) -> Tensor:

@@ -1,82 +1,53 @@
-"""Per-parameter coefficients for update rules that run on flat buffers or tensor lists.
+"""Per-parameter coefficients for update rules that run on tensor lists.
 
-A kernel is written once with ``torch._foreach_*`` ops over a list of tensors. The
-engine calls it either on a *list* of tensors (one per parameter) or on a list that
-holds one *flat* buffer covering every parameter of a bucket. A coefficient that may
-differ between parameters (Adam's bias correction, which depends on each parameter's
-own step count) is therefore one of:
+A rule is written once with ``torch._foreach_*`` ops over a list of tensors. The
+engine calls it on a list that holds either one flat buffer covering every parameter
+of a bucket, all at one step count, or one tensor per parameter, each at its own
+count. A coefficient that depends on a parameter's step count (Adam's bias
+corrections) is therefore a Python ``float`` (the same for every tensor) or a
+``list[float]`` (one per tensor); both are the scalar argument of
+``torch._foreach_mul_`` and friends, which on the CPU apply it exactly as the
+single-tensor op with that Python float would.
 
-- a Python ``float``: the same value for every element;
-- a ``list[float]``: one value per tensor of the list;
-- a ``list[Tensor]``: one tensor per list entry, broadcast elementwise (on a flat
-  buffer this holds one value per element, expanded from per-parameter values).
+Example::
 
-All three are accepted as the scalar argument of ``torch._foreach_mul_`` and friends.
+    >>> per_param([0.5, 0.5])
+    0.5
+    >>> per_param([0.5, 0.25])
+    [0.5, 0.25]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 import torch
 from torch import Tensor
 
-Coef: TypeAlias = float | list[float] | list[Tensor]
+Coef: TypeAlias = float | list[float]
 #: What torch's ``_foreach_*`` ops take and return.
 TensorList: TypeAlias = list[Tensor] | tuple[Tensor, ...]
 
 
-def per_param(
-    values: Sequence[float],
-    sizes: Tensor | None,
-    numel: int,
-    like: Tensor,
-) -> Coef:
-    """Coefficient from one value per parameter.
-
-    With ``sizes`` (element count of each parameter, as a tensor) the values are
-    expanded to one per element of a flat buffer of ``numel`` elements; without it
-    they are returned as a list for a per-parameter tensor list. A constant list
-    collapses to a plain float, which is the cheapest form for every op.
-    """
+def per_param(values: Sequence[float]) -> Coef:
+    """Coefficient from one value per tensor; a constant list collapses to a float."""
     first = values[0]
     if all(v == first for v in values):
         return float(first)
-    if sizes is None:
-        return [float(v) for v in values]
-    expanded = torch.tensor(values, dtype=like.dtype, device=like.device)
-    return [torch.repeat_interleave(expanded, sizes, output_size=numel)]
+    return [float(v) for v in values]
 
 
 def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
-    """``x += value * y / z`` elementwise, for every coefficient form."""
-    _accumulate(xs, ys, zs, value, torch._foreach_addcdiv_, torch._foreach_div)
+    """``x += value * y / z`` elementwise (torch's ``addcdiv_``)."""
+    torch._foreach_addcdiv_(xs, ys, zs, value)
 
 
 def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
-    """``x += value * y * z`` elementwise, for every coefficient form."""
-    _accumulate(xs, ys, zs, value, torch._foreach_addcmul_, torch._foreach_mul)
-
-
-def _accumulate(
-    xs: TensorList,
-    ys: TensorList,
-    zs: TensorList,
-    value: Coef,
-    fused: Callable[..., None],
-    combine: Callable[[TensorList, TensorList], TensorList],
-) -> None:
-    """``x += value * combine(y, z)``: torch's fused op takes a float or one value per
-    tensor, but not one value per element, which needs the product spelled out."""
-    if value and not isinstance(value, float) and isinstance(value[0], Tensor):
-        terms = combine(ys, zs)
-        torch._foreach_mul_(terms, value)
-        torch._foreach_add_(xs, terms)
-    else:
-        fused(xs, ys, zs, value)
+    """``x += value * y * z`` elementwise (torch's ``addcmul_``)."""
+    torch._foreach_addcmul_(xs, ys, zs, value)
 
 
 def mul_(xs: TensorList, value: Coef) -> None:
-    """``x *= value`` elementwise, for every coefficient form."""
+    """``x *= value`` elementwise."""
     torch._foreach_mul_(xs, value)

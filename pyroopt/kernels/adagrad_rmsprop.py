@@ -21,14 +21,11 @@ import torch
 
 from pyroopt.kernels._coef import addcdiv_, addcmul_, mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
-from pyroopt.kernels.fused_rms import fused_rms_update
 
 
 class AdagradRMSPropRule(UpdateRule):
     step_as_tensor = False  # pyro keeps an int
     state_before_first_step = True  # pyro creates it with the optimizer
-    has_fused = True  # after the first step: see fused_update
-    fused_overwrites_grads = True
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("sum",)
@@ -42,23 +39,3 @@ class AdagradRMSPropRule(UpdateRule):
         torch._foreach_add_(denom, 1.0)
         neg_lr = coef([-(group["eta"] * t ** (-0.5 + group["delta"])) for t in steps])
         addcdiv_(params, grads, denom, neg_lr)
-
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        r"""Steps after the first as one pass of torch's fused Adam: the RMS step of
-        :mod:`pyroopt.kernels.fused_rms` with :math:`\beta = 1-\tau`, :math:`\epsilon = 1`
-        and :math:`\mathrm{lr} = \eta t^{-1/2+\delta}`, which needs one :math:`t` for all
-        tensors. The first step sets :math:`s = g^2` and has no such form."""
-        params, grads, state, steps = batch
-        t = steps[0]
-        if t == 1 or min(steps) != max(steps):
-            return False
-        return fused_rms_update(
-            params,
-            grads,
-            state["sum"],
-            lr=group["eta"] * t ** (-0.5 + group["delta"]),
-            beta=1.0 - group["t"],
-            eps=1.0,
-            weight_decay=0.0,
-            maximize=False,
-        )

@@ -37,12 +37,11 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import addcdiv_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule, step_tensors
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 
 
 class AdamRule(UpdateRule):
-    has_fused = True
 
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
@@ -77,29 +76,6 @@ class AdamRule(UpdateRule):
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
-
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        params, grads, state, steps = batch
-        decoupled = self.decoupled or group.get("decoupled_weight_decay", False)
-        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-        beta1, beta2 = group["betas"]
-        kernel(
-            params,
-            grads,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            state["max_exp_avg_sq"] if group["amsgrad"] else [],
-            step_tensors(steps, params),
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-        )
-        return True
-
 
 ADAM = AdamRule()
 ADAMW = AdamRule(decoupled=True)

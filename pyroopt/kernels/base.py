@@ -6,7 +6,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
 
 from pyroopt.kernels._coef import Coef, TensorList
@@ -53,19 +52,9 @@ class UpdateRule(ABC):
     step_as_tensor: bool = True
     #: whether the optimizer holds state for a parameter before its first step
     state_before_first_step: bool = False
-    #: whether :meth:`fused_update` can run (a one-pass kernel, torch's or pyroopt's native
-    #: one, computes this rule)
-    has_fused: bool = False
-    #: with a fused kernel at hand, the largest average parameter size at which
-    #: gathering the gradients into one flat buffer still costs less than running the
-    #: kernel on each tensor (``None``: the engine's ``FLAT_MAX_AVG_NUMEL``)
-    fused_flat_max_avg_numel: int | None = None
-    #: whether :meth:`fused_update` overwrites the gradients it is given (the engine then
-    #: hands it a private copy, never ``param.grad`` itself)
-    fused_overwrites_grads: bool = False
-    #: whether :meth:`fused_update` takes a flat buffer whose ``steps`` hold one count
-    #: per parameter (not only a single count standing for all of them)
-    fused_steps_per_param: bool = False
+    #: whether :meth:`native_update` can run (pyroopt's one-pass C loop computes this
+    #: rule, bitwise equal to :meth:`update`)
+    has_native: bool = False
 
     def supports(self, group: Mapping[str, Any]) -> bool:
         """Whether the rule computes exactly what its optimizer class would for ``group``."""
@@ -93,21 +82,13 @@ class UpdateRule(ABC):
         """Change ``group`` as one call of the optimizer's ``step`` does, before updating."""
         return None  # most optimizers never change their hyperparameters
 
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        """The same update in one pass of a fused kernel, where one exists.
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        """The same update, bitwise, in one pass of pyroopt's C loop over every tensor.
 
-        Returns ``False`` (having changed nothing) when no fused kernel can compute it;
-        the engine then calls :meth:`update`.
+        ``batch.steps`` holds one count per tensor, or a single count standing for all.
+        It never writes the gradients, and it marks every tensor it writes as modified
+        for autograd. Returns ``False`` (having changed nothing) where the loop cannot
+        run (no library, CUDA, half precision, non-contiguous tensors); the engine then
+        calls :meth:`update`, which computes the same numbers.
         """
         return False
-
-
-def step_tensors(steps: Sequence[int], like: TensorList) -> list[Tensor]:
-    """Step counts as the float32 tensors torch's fused kernels read, one per tensor.
-
-    A single count stands for all tensors when ``steps`` has one entry.
-    """
-    device = like[0].device
-    if len(steps) == 1:
-        return [torch.tensor(float(steps[0]), dtype=torch.float32, device=device)] * len(like)
-    return [torch.tensor(float(t), dtype=torch.float32, device=device) for t in steps]

@@ -27,13 +27,12 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import addcdiv_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule, step_tensors
+from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 
 
 class ClippedAdamRule(UpdateRule):
     step_as_tensor = False  # pyro keeps an int
-    has_fused = True  # through torch's fused Adam: see fused_update
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -63,37 +62,3 @@ class ClippedAdamRule(UpdateRule):
         torch._foreach_add_(denom, group["eps"])
         neg_step_size = coef([-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps])
         addcdiv_(params, exp_avgs, denom, neg_step_size)
-
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        r"""ClippedAdam as one pass of torch's fused Adam, on clamped gradients.
-
-        Adam divides by :math:`\sqrt{v}/k + \epsilon'` with :math:`k=\sqrt{1-\beta_2^t}`
-        and steps by :math:`\mathrm{lr}/(1-\beta_1^t)`; with :math:`\epsilon' =
-        \epsilon/k` its step is :math:`\mathrm{lr}\,k/(1-\beta_1^t)\cdot m/(\sqrt v +
-        \epsilon)`, ClippedAdam's. That holds for one :math:`t` at a time, so all
-        tensors must be at the same step; the centered variance has no fused form.
-        """
-        params, grads, state, steps = batch
-        if group["centered_variance"] or min(steps) != max(steps):
-            return False
-        beta1, beta2 = group["betas"]
-        k = math.sqrt(1 - beta2 ** steps[0])
-        clip = group["clip_norm"]
-        for g in grads:  # in place, as pyro's ClippedAdam does: no new memory per step
-            g.clamp_(-clip, clip)
-        torch._fused_adam_(
-            params,
-            grads,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            [],
-            step_tensors(steps[:1], params),
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"] / k,
-            amsgrad=False,
-            maximize=False,
-        )
-        return True

@@ -19,13 +19,10 @@ from typing import Any
 import torch
 
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
-from pyroopt.kernels.fused_rms import fused_rms_update
 from pyroopt.kernels.weight_decay import directed_grads
 
 
 class RMSpropRule(UpdateRule):
-    has_fused = True  # without momentum or centering: see fused_update
-    fused_overwrites_grads = True
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys: tuple[str, ...] = ("square_avg",)
@@ -64,20 +61,3 @@ class RMSpropRule(UpdateRule):
             torch._foreach_add_(params, bufs, alpha=-lr)
         else:
             torch._foreach_addcdiv_(params, grads, avg, -lr)
-
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        """Plain RMSprop (no momentum, not centered) as one pass of torch's fused Adam;
-        see :mod:`pyroopt.kernels.fused_rms`. It does not depend on the step counts."""
-        params, grads, state, _steps = batch
-        if group["momentum"] > 0 or group["centered"]:
-            return False
-        return fused_rms_update(
-            params,
-            grads,
-            state["square_avg"],
-            lr=group["lr"],
-            beta=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-        )

@@ -36,10 +36,9 @@ from pyroopt.native.rprop import rprop_update
 
 class RpropRule(UpdateRule):
     """Rprop as :meth:`update` (a chain of torch passes, any device) and as
-    :meth:`fused_update` (one pass of pyroopt's C loop, CPU float32/float64)."""
+    :meth:`native_update` (one pass of pyroopt's C loop, CPU float32/float64)."""
 
-    has_fused = True
-    fused_steps_per_param = True
+    has_native = True
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("prev", "step_size")
@@ -79,16 +78,9 @@ class RpropRule(UpdateRule):
         torch._foreach_mul_(prevs, grads)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
 
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         params, grads, state, steps = batch
-        if len(steps) == len(params):
-            fresh = [t == 1 for t in steps]
-        elif len(steps) == 1:  # one count stands for all tensors
-            fresh = [steps[0] == 1] * len(params)
-        elif 1 in steps:  # one flat buffer over parameters with own counts, some new
-            return False
-        else:
-            fresh = [False] * len(params)
+        fresh = [t == 1 for t in steps] if len(steps) > 1 else [steps[0] == 1] * len(params)
         return rprop_update(
             params,
             grads,

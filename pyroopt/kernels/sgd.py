@@ -24,11 +24,6 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 class SGDRule(UpdateRule):
     saves_step = False
-    has_fused = True
-    # Fused SGD is so cheap per tensor that gathering the gradients pays off only for
-    # small ones (measured, momentum 0.9, per step: 1000 x 10: 0.62 ms flat vs 0.86 ms
-    # fused per tensor; 300 x 300: 0.38 vs 0.33; 100 x 1000: 0.19 vs 0.14).
-    fused_flat_max_avg_numel = 256
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -51,23 +46,3 @@ class SGDRule(UpdateRule):
                 torch._foreach_add_(bufs, torch._foreach_mul(grads, take))
             grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)
-
-    def fused_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
-        params, grads, state, steps = batch
-        first = [t == 1 for t in steps]
-        if any(first) and not all(first):
-            return False  # the fused kernel takes one first-step flag for all tensors
-        momentum = group["momentum"]
-        torch._fused_sgd_(
-            params,
-            grads,
-            state["momentum_buffer"] if momentum != 0 else [],
-            weight_decay=group["weight_decay"],
-            momentum=momentum,
-            lr=group["lr"],
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
-            is_first_step=momentum != 0 and first[0],
-        )
-        return True
