@@ -25,6 +25,7 @@ Three kinds, fastest first (:func:`make_bucket` picks):
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import operator
 from abc import ABC, abstractmethod
@@ -60,6 +61,10 @@ FLAT_MAX_AVG_NUMEL = 1 << 16
 CHAIN_PIECE_NUMEL = 1 << 18
 ParamState = dict[str, Any]
 
+#: torch optimizers whose own implementation steps sparse gradients: a rule bucket hands
+#: parameters with sparse gradients over to one of those (see :class:`SparseGradients`)
+TAKES_SPARSE: frozenset[type] = frozenset({torch.optim.SGD, torch.optim.Adagrad})
+
 
 def freeze(value: Any) -> Hashable:
     """A hashable stand-in for a hyperparameter value, equal for equal values."""
@@ -93,6 +98,14 @@ def _snapshot(state: Mapping[str, Any]) -> ParamState:
     return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
 
+class SparseGradients(Exception):
+    """A bucket cannot step these parameters' sparse gradients; it changed nothing."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        super().__init__(f"{len(params)} parameters have sparse gradients")
+        self.params = params
+
+
 class Bucket(ABC):
     """Parameters stepped together; the state API speaks per parameter."""
 
@@ -103,15 +116,39 @@ class Bucket(ABC):
         self.params: list[Tensor] = []
         #: id(param) -> position in ``params``
         self.index: dict[int, int] = {}
+        #: the sort key of each of ``params``, ascending (see :meth:`add`)
+        self.sort_keys: list[Any] = []
         #: whether the hyperparameters are still as made (new parameters may join)
         self.fresh = True
+        #: the dtype and device every member has (set by the first)
+        self.dtype: torch.dtype | None = None
+        self.device: torch.device | None = None
 
-    def add(self, param: Tensor) -> None:
-        self.index[id(param)] = len(self.params)
-        self.params.append(param)
+    def add(self, param: Tensor, sort_key: Any = None) -> int:
+        """Make ``param`` a member; its position in ``params``.
+
+        Members are kept in ascending ``sort_key`` order (the optimizer passes one
+        derived from the parameter's name), so that buffers and state are laid out the
+        same whatever order parameters arrive in. Without a key it goes last.
+        """
+        if not self.params:
+            self.dtype, self.device = param.dtype, param.device
+        if sort_key is None or not self.sort_keys or self.sort_keys[-1] < sort_key:
+            position = len(self.params)
+        else:
+            position = bisect.bisect(self.sort_keys, sort_key)
+        self.sort_keys.insert(position, sort_key if sort_key is not None else (2, position))
+        self.params.insert(position, param)
+        if position == len(self.params) - 1:
+            self.index[id(param)] = position
+        else:
+            self.index = {id(p): i for i, p in enumerate(self.params)}
+        return position
 
     def remove(self, param: Tensor) -> None:
-        self.params.pop(self.index.pop(id(param)))
+        position = self.index.pop(id(param))
+        self.params.pop(position)
+        self.sort_keys.pop(position)
         self.index = {id(p): i for i, p in enumerate(self.params)}
 
     def order(self, params: list[Tensor]) -> list[Tensor]:
@@ -185,18 +222,21 @@ class RuleBucket(Bucket):
         return self._target
 
     # -- layout -----------------------------------------------------------------
-    def add(self, param: Tensor) -> None:
-        super().add(param)
-        self.steps.append(0)
+    def add(self, param: Tensor, sort_key: Any = None) -> int:
+        if len(self._loose) < len(self.params):  # state in flat buffers: index by tensor
+            self._loose = {p: self._state_views(p) for p in self.params}
+            self._layout_params = []
+        position = super().add(param, sort_key)
+        self.steps.insert(position, 0)
         self._loose[param] = {k: torch.zeros_like(param) for k in self.keys}
+        return position
 
     def remove(self, param: Tensor) -> None:
-        self._ensure_layout()
-        # Views into the current buffers, taken before the indices shift.
-        kept = {p: self._state_views(p) for p in self.params if p is not param}
+        if len(self._loose) < len(self.params):  # state in flat buffers: index by tensor
+            self._loose = {p: self._state_views(p) for p in self.params}
+        del self._loose[param]
         self.steps.pop(self.index[id(param)])
         super().remove(param)
-        self._loose = kept
         self._layout_params = []
 
     def _state_views(self, param: Tensor) -> dict[str, Tensor]:
@@ -212,7 +252,6 @@ class RuleBucket(Bucket):
             return
         first = self.params[0]
         self.flat = layout = FlatLayout([p.shape for p in self.params])
-        self.sizes = torch.tensor(layout.numels, device=first.device)
         self.numel = layout.numel
 
         def zeros() -> Tensor:
@@ -252,34 +291,36 @@ class RuleBucket(Bucket):
             # Once per bucket: torch optimizers evaluate the closure before updating.
             with torch.enable_grad():
                 closure()
+        grads = [p.grad for p in params]
+        if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
+            live = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in live]
+        else:
+            live = params
+        if any(map(_IS_SPARSE, grads)):
+            self._refuse_sparse(live, grads)  # type: ignore[arg-type]
         self.rule.advance_group(self.group)  # even for parameters without a gradient
         if self._target is not None:
             self._target.step()  # tells a schedule the optimizer has stepped
-        grads = [p.grad for p in params]
-        if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
-            params = [p for p in params if p.grad is not None]
-            grads = [p.grad for p in params]
-            if not params:
-                return
+        if not live:
+            return
         self._ensure_layout()
-        flat = len(params) == len(self.params) and self._values is not None
+        flat = len(live) == len(self.params) and self._values is not None
         with torch.no_grad():
             if flat:
-                try:
-                    self._step_flat(grads)  # type: ignore[arg-type]
-                except RuntimeError:  # checked here, not on every step: this path is hot
-                    self._refuse_sparse(grads)  # type: ignore[arg-type]
-                    raise
+                self._step_flat(grads)  # type: ignore[arg-type]
             else:
-                self._refuse_sparse(grads)  # type: ignore[arg-type]
-                self._step_list(params, grads)  # type: ignore[arg-type]
+                self._step_list(live, grads)  # type: ignore[arg-type]
 
-    def _refuse_sparse(self, grads: list[Tensor]) -> None:
-        if any(map(_IS_SPARSE, grads)):
-            raise ValueError(
-                f"{self.constructor.__name__} does not support sparse gradients; "
-                "use pyroopt.SparseAdam for parameters with sparse gradients"
-            )
+    def _refuse_sparse(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Raise for sparse gradients, before anything changed: :class:`SparseGradients`
+        where torch's own optimizer steps them, else a ``ValueError``."""
+        if self.constructor in TAKES_SPARSE:
+            raise SparseGradients([p for p, g in zip(params, grads, strict=True) if g.is_sparse])
+        raise ValueError(
+            f"{self.constructor.__name__} does not support sparse gradients; "
+            "use pyroopt.SparseAdam for parameters with sparse gradients"
+        )
 
     def _step_flat(self, grads: list[Tensor]) -> None:
         values = self._values
@@ -290,7 +331,7 @@ class RuleBucket(Bucket):
             values = self._values
             assert values is not None
         grad, grad_target = self._flat_scratch()
-        self.flat.gather(grads, grad_target)  # first: it raises on sparse gradients
+        self.flat.gather(grads, grad_target)
         # All parameters at the same step (the usual case): one count stands for all,
         # and the update runs on the whole flat buffer. Otherwise it runs on each
         # parameter's slice, with its own count.
@@ -301,9 +342,7 @@ class RuleBucket(Bucket):
         if uniform:
             batch = Batch([buffer], [grad], {k: [self._flat[k]] for k in self.keys}, [first + 1])
         else:
-            batch = Batch(
-                self.flat.views(buffer), grad_target.views, self._views, self.steps
-            )
+            batch = Batch(self.flat.views(buffer), grad_target.views, self._views, self.steps)
         if not self._native(batch):
             self.rule.update(batch, self.group, per_param)
         values.stored()
@@ -457,12 +496,13 @@ class TorchBucket(Bucket):
     def _run_args(self) -> Group:
         return self.group
 
-    def add(self, param: Tensor) -> None:
-        super().add(param)
+    def add(self, param: Tensor, sort_key: Any = None) -> int:
+        position = super().add(param, sort_key)
         if self.optimizer is None:
             self.optimizer = construct(self.constructor, [param], self._run_args())
             self.optimizer.param_groups[0]["params"] = self.params
-        # The optimizer's group holds this very list, so it has seen the append.
+        # The optimizer's group holds this very list, so it has seen the insertion.
+        return position
 
     def remove(self, param: Tensor) -> None:
         assert self.optimizer is not None
@@ -512,9 +552,10 @@ class PerParamBucket(Bucket):
         super().__init__(constructor, group)
         self.optimizers: dict[int, Optimizer] = {}  # by id(param)
 
-    def add(self, param: Tensor) -> None:
-        super().add(param)
+    def add(self, param: Tensor, sort_key: Any = None) -> int:
+        position = super().add(param, sort_key)
         self.optimizers[id(param)] = construct(self.constructor, [param], self.group)
+        return position
 
     def remove(self, param: Tensor) -> None:
         super().remove(param)

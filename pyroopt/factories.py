@@ -1,7 +1,9 @@
 """One factory per torch optimizer: ``pyroopt.Adam({"lr": 0.01})`` and so on.
 
 Each returns a :class:`~pyroopt.optim.PyroOptim` around the torch class of the same
-name, taking ``(optim_args, clip_args=None)`` exactly like pyro.optim's factories.
+name, taking ``(optim_args, clip_args=None)`` exactly like pyro.optim's factories, and
+pyroopt's options ``skip_nonfinite`` and ``track_grad_norms`` as keywords (see
+:class:`~pyroopt.optim.PyroOptim`).
 ``torch.optim.LBFGS`` has none: it needs a closure that re-evaluates the loss, which
 SVI's step does not provide (as in pyro.optim).
 """
@@ -27,7 +29,13 @@ def _torch_optimizer(name: str) -> type[torch.optim.Optimizer]:
     return cls
 
 
-def Adadelta(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Adadelta(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adadelta (Zeiler, 2012).
 
     Wraps :class:`torch.optim.Adadelta` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -35,10 +43,22 @@ def Adadelta(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpt
 
     Example: ``svi = SVI(model, guide, pyroopt.Adadelta({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Adadelta"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Adadelta"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Adafactor(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Adafactor(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adafactor (Shazeer & Stern, 2018).
 
     Wraps :class:`torch.optim.Adafactor` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -46,10 +66,22 @@ def Adafactor(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOp
 
     Example: ``svi = SVI(model, guide, pyroopt.Adafactor({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Adafactor"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Adafactor"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Adagrad(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Adagrad(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adagrad (Duchi et al., 2011).
 
     Wraps :class:`torch.optim.Adagrad` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -57,10 +89,22 @@ def Adagrad(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
 
     Example: ``svi = SVI(model, guide, pyroopt.Adagrad({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Adagrad"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Adagrad"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Adam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Adam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adam (Kingma & Ba, 2015).
 
     Wraps :class:`torch.optim.Adam` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -68,10 +112,22 @@ def Adam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.Adam({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Adam"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Adam"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def AdamW(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def AdamW(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """AdamW, Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
     Wraps :class:`torch.optim.AdamW` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -79,10 +135,22 @@ def AdamW(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.AdamW({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("AdamW"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("AdamW"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Adamax(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Adamax(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adamax, Adam under the infinity norm (Kingma & Ba, 2015).
 
     Wraps :class:`torch.optim.Adamax` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -90,10 +158,22 @@ def Adamax(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim
 
     Example: ``svi = SVI(model, guide, pyroopt.Adamax({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Adamax"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Adamax"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def ASGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def ASGD(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Averaged stochastic gradient descent (Polyak & Juditsky, 1992).
 
     Wraps :class:`torch.optim.ASGD` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -101,10 +181,22 @@ def ASGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.ASGD({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("ASGD"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("ASGD"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Muon(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Muon(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Muon, momentum orthogonalized by Newton-Schulz (2-D parameters only).
 
     Wraps :class:`torch.optim.Muon` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -112,10 +204,22 @@ def Muon(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.Muon({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Muon"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Muon"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def NAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def NAdam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """NAdam, Adam with Nesterov momentum (Dozat, 2016).
 
     Wraps :class:`torch.optim.NAdam` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -123,10 +227,22 @@ def NAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.NAdam({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("NAdam"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("NAdam"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def RAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def RAdam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """RAdam, rectified Adam (Liu et al., 2020).
 
     Wraps :class:`torch.optim.RAdam` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -134,10 +250,22 @@ def RAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.RAdam({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("RAdam"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("RAdam"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def RMSprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def RMSprop(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """RMSprop (Hinton, 2012).
 
     Wraps :class:`torch.optim.RMSprop` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -145,10 +273,22 @@ def RMSprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
 
     Example: ``svi = SVI(model, guide, pyroopt.RMSprop({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("RMSprop"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("RMSprop"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def Rprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def Rprop(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Rprop, resilient backpropagation (Riedmiller & Braun, 1993).
 
     Wraps :class:`torch.optim.Rprop` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -156,10 +296,22 @@ def Rprop(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.Rprop({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("Rprop"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("Rprop"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def SGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def SGD(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Stochastic gradient descent with optional momentum.
 
     Wraps :class:`torch.optim.SGD` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -167,10 +319,22 @@ def SGD(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
 
     Example: ``svi = SVI(model, guide, pyroopt.SGD({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("SGD"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("SGD"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def SparseAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def SparseAdam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``).
 
     Wraps :class:`torch.optim.SparseAdam` with :class:`~pyroopt.optim.PyroOptim` for every
@@ -178,37 +342,79 @@ def SparseAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroO
 
     Example: ``svi = SVI(model, guide, pyroopt.SparseAdam({"lr": 0.01}), Trace_ELBO())``
     """
-    return PyroOptim(_torch_optimizer("SparseAdam"), optim_args, clip_args)
+    return PyroOptim(
+        _torch_optimizer("SparseAdam"),
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 # Pyro's own optimizers, on pyroopt's kernels (same arguments and numbers as pyro-ppl's).
 
 
-def ClippedAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def ClippedAdam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Adam with elementwise gradient clamping and lr decay, for every parameter.
 
     Wraps :class:`pyroopt.optimizers.ClippedAdam` (pyro's ClippedAdam, on flat buffers).
     Example: ``pyroopt.ClippedAdam({"lr": 0.01, "clip_norm": 10.0, "lrd": 0.999})``
     """
-    return PyroOptim(optimizers.ClippedAdam, optim_args, clip_args)
+    return PyroOptim(
+        optimizers.ClippedAdam,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def AdagradRMSProp(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def AdagradRMSProp(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """Pyro's Adagrad/RMSprop hybrid (ADVI's step-size schedule), for every parameter.
 
     Wraps :class:`pyroopt.optimizers.AdagradRMSProp`.
     Example: ``pyroopt.AdagradRMSProp({"eta": 1.0, "t": 0.1})``
     """
-    return PyroOptim(optimizers.AdagradRMSProp, optim_args, clip_args)
+    return PyroOptim(
+        optimizers.AdagradRMSProp,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOptim:
+def DCTAdam(
+    optim_args: ArgsSpec,
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroOptim:
     """ClippedAdam with frequency-domain moments for time-series parameters.
 
     Wraps :class:`pyroopt.optimizers.DCTAdam`.
     Example: ``pyroopt.DCTAdam({"lr": 0.01, "subsample_aware": True})``
     """
-    return PyroOptim(optimizers.DCTAdam, optim_args, clip_args)
+    return PyroOptim(
+        optimizers.DCTAdam,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 # One factory per torch learning-rate scheduler, e.g.
@@ -216,149 +422,319 @@ def DCTAdam(optim_args: ArgsSpec, clip_args: ArgsSpec | None = None) -> PyroOpti
 # SequentialLR and ChainedScheduler take "schedulers": [(pyroopt.LinearLR, {...}), ...].
 
 
-def LambdaLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def LambdaLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr = initial lr times ``lr_lambda(epoch)``.
 
     Wraps :class:`torch.optim.lr_scheduler.LambdaLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.LambdaLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.LambdaLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 def MultiplicativeLR(
-    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
 ) -> PyroLRScheduler:
     """Schedule: lr multiplied by ``lr_lambda(epoch)`` every epoch.
 
     Wraps :class:`torch.optim.lr_scheduler.MultiplicativeLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.MultiplicativeLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.MultiplicativeLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def StepLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def StepLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr multiplied by ``gamma`` every ``step_size`` epochs.
 
     Wraps :class:`torch.optim.lr_scheduler.StepLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.StepLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.StepLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def MultiStepLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def MultiStepLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr multiplied by ``gamma`` at each of the ``milestones``.
 
     Wraps :class:`torch.optim.lr_scheduler.MultiStepLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.MultiStepLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.MultiStepLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def ConstantLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def ConstantLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr scaled by ``factor`` until ``total_iters``, then the initial lr.
 
     Wraps :class:`torch.optim.lr_scheduler.ConstantLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.ConstantLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.ConstantLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def LinearLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def LinearLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr scaled linearly from ``start_factor`` to ``end_factor``.
 
     Wraps :class:`torch.optim.lr_scheduler.LinearLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.LinearLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.LinearLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def ExponentialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def ExponentialLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr multiplied by ``gamma`` every epoch.
 
     Wraps :class:`torch.optim.lr_scheduler.ExponentialLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.ExponentialLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.ExponentialLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def PolynomialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def PolynomialLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr decayed by a polynomial of degree ``power`` over ``total_iters``.
 
     Wraps :class:`torch.optim.lr_scheduler.PolynomialLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.PolynomialLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.PolynomialLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 def CosineAnnealingLR(
-    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
 ) -> PyroLRScheduler:
     """Schedule: lr annealed along a cosine to ``eta_min`` over ``T_max`` epochs.
 
     Wraps :class:`torch.optim.lr_scheduler.CosineAnnealingLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.CosineAnnealingLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.CosineAnnealingLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 def CosineAnnealingWarmRestarts(
-    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
 ) -> PyroLRScheduler:
     """Schedule: cosine annealing restarted every ``T_0`` (times ``T_mult``).
 
     Wraps :class:`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.CosineAnnealingWarmRestarts, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.CosineAnnealingWarmRestarts,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def CyclicLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def CyclicLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: lr (and momentum) cycled between ``base_lr`` and ``max_lr``.
 
     Wraps :class:`torch.optim.lr_scheduler.CyclicLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.CyclicLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.CyclicLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def OneCycleLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def OneCycleLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: the one-cycle policy: warm up to ``max_lr``, then anneal far below.
 
     Wraps :class:`torch.optim.lr_scheduler.OneCycleLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.OneCycleLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.OneCycleLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 def ReduceLROnPlateau(
-    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
 ) -> PyroLRScheduler:
     """Schedule: lr multiplied by ``factor`` when the metric given to ``step`` stalls.
 
     Wraps :class:`torch.optim.lr_scheduler.ReduceLROnPlateau`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.ReduceLROnPlateau, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.ReduceLROnPlateau,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
-def SequentialLR(optim_args: dict[str, Any], clip_args: ArgsSpec | None = None) -> PyroLRScheduler:
+def SequentialLR(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
     """Schedule: child schedules one after another, switching at ``milestones``.
 
     Wraps :class:`torch.optim.lr_scheduler.SequentialLR`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.SequentialLR, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.SequentialLR,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 def ChainedScheduler(
-    optim_args: dict[str, Any], clip_args: ArgsSpec | None = None
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
 ) -> PyroLRScheduler:
     """Schedule: child schedules applied together, each on the lr the last left.
 
     Wraps :class:`torch.optim.lr_scheduler.ChainedScheduler`
     with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`.
     """
-    return PyroLRScheduler(torch_schedulers.ChainedScheduler, optim_args, clip_args)
+    return PyroLRScheduler(
+        torch_schedulers.ChainedScheduler,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
 
 
 FACTORY_CLASSES.update(

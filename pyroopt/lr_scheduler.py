@@ -20,6 +20,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from pyroopt import checkpoint
 from pyroopt.engine import Bucket, PerParamBucket, freeze
 from pyroopt.optim import ArgsSpec, PyroOptim, _ParamOptimizerView
+from pyroopt.params import Slot
 
 #: Schedulers built from child schedules rather than wrapping an optimizer directly.
 COMPOSITE = ("SequentialLR", "ChainedScheduler")
@@ -61,6 +62,8 @@ class PyroLRScheduler(PyroOptim):
         ``SequentialLR`` / ``ChainedScheduler``, ``schedulers`` is a list of
         ``(scheduler class or pyroopt factory, kwargs)`` pairs.
     :param clip_args: as for :class:`PyroOptim`.
+    :param track_grad_norms: as for :class:`PyroOptim`.
+    :param skip_nonfinite: as for :class:`PyroOptim`.
 
     Call it like an optimizer on each SVI step; call :meth:`step` once per epoch (with
     the metric for ``ReduceLROnPlateau``).
@@ -86,6 +89,9 @@ class PyroLRScheduler(PyroOptim):
         scheduler_constructor: Any,
         optim_args: Mapping[str, Any],
         clip_args: ArgsSpec | None = None,
+        *,
+        track_grad_norms: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         cls = scheduler_class(scheduler_constructor)
         if not isinstance(optim_args, Mapping):
@@ -104,7 +110,13 @@ class PyroLRScheduler(PyroOptim):
         _check_kwargs(cls, kwargs, "optim_args")
         if cls.__name__ in COMPOSITE:
             kwargs["schedulers"] = self._children(cls, kwargs.get("schedulers"))
-        super().__init__(optim_args["optimizer"], optim_args["optim_args"], clip_args)
+        super().__init__(
+            optim_args["optimizer"],
+            optim_args["optim_args"],
+            clip_args,
+            track_grad_norms=track_grad_norms,
+            skip_nonfinite=skip_nonfinite,
+        )
         self.pt_scheduler_constructor = cls
         self.kwargs = kwargs  # as pyro.optim names it: the scheduler's own arguments
         self._epoch = 0
@@ -198,28 +210,27 @@ class PyroLRScheduler(PyroOptim):
 
     def get_state(self) -> dict[str, Any]:
         """``{param_name: {"scheduler": ..., "optimizer": ...}}``, as pyro.optim gives it."""
-        state: dict[str, Any] = dict(self._state_waiting_to_be_consumed)
-        for slot in self._slots.values():
-            if slot.name is not None:
-                state[slot.name] = {
-                    "scheduler": self._schedulers[slot.bucket].state_dict(),
-                    "optimizer": slot.bucket.state_dict(slot.param),
-                }
-        return state
+        return super().get_state()
+
+    def _param_state(self, slot: Any) -> Any:
+        return {
+            "scheduler": self._schedulers[slot.bucket].state_dict(),
+            "optimizer": slot.bucket.state_dict(slot.param),
+        }
 
     def _check_state(self, name: Any, state: Any, where: str) -> None:
         checkpoint.check_scheduler_state(name, state, where)
 
     def _view(self, slot: Any) -> Any:
-        return _ParamSchedulerView(self._schedulers[slot.bucket], slot.bucket, slot.param)
+        return _ParamSchedulerView(self._schedulers[slot.bucket], self, slot)
 
 
 class _ParamSchedulerView:
     """One parameter's scheduler, as pyro.optim users reach into ``optim_objs[p]``."""
 
-    def __init__(self, scheduler: Any, bucket: Bucket, param: torch.Tensor) -> None:
+    def __init__(self, scheduler: Any, optim: PyroOptim, slot: Slot) -> None:
         self._scheduler = scheduler
-        self.optimizer = _ParamOptimizerView(bucket, param)
+        self.optimizer = _ParamOptimizerView(optim, slot)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = self._scheduler.state_dict()

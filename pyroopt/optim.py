@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -26,7 +27,16 @@ from pyroopt.clip import (
     grad_norms,
     validate_clip_args,
 )
-from pyroopt.engine import Bucket, Group, bucket_key, full_group, make_bucket
+from pyroopt.engine import (
+    Bucket,
+    Group,
+    SparseGradients,
+    TorchBucket,
+    bucket_key,
+    full_group,
+    make_bucket,
+)
+from pyroopt.params import ParamTable, Slot
 
 ArgsSpec = dict[str, Any] | Callable[..., dict[str, Any]]
 
@@ -52,23 +62,10 @@ def _arity(fn: Callable[..., Any], what: str) -> int:
     return n
 
 
-class _Slot:
-    """What the optimizer knows of one parameter."""
-
-    __slots__ = ("bucket", "clip", "name", "param")
-
-    def __init__(
-        self, param: Tensor, name: str | None, bucket: Bucket, clip: dict[str, float]
-    ) -> None:
-        self.param = param
-        self.name = name
-        self.bucket = bucket
-        self.clip = clip
-
-
-def _all_finite(slots: list[_Slot]) -> bool:
+def _all_finite(slots: list[Slot]) -> bool:
     """Whether every gradient of ``slots`` is free of NaN and Inf (one sync)."""
-    grads = [g for s in slots if (g := s.param.grad) is not None and g.numel()]
+    grads = [_values(g) for s in slots if (g := s.param.grad) is not None and g.numel()]
+    grads = [g for g in grads if g.numel()]
     if not grads:
         return True
     # The max-norm cannot overflow for finite values, and is NaN or Inf otherwise.
@@ -76,14 +73,42 @@ def _all_finite(slots: list[_Slot]) -> bool:
     return bool(torch.stack(list(norms)).isfinite().all())
 
 
+def _values(grad: Tensor) -> Tensor:
+    """The stored values of a gradient: a sparse one's non-zeros, else itself."""
+    return grad._values() if grad.is_sparse else grad
+
+
+def _extent(t: Tensor) -> tuple[int, int, int]:
+    """``(storage, first byte, end byte)`` of the memory ``t`` can reach."""
+    size = t.element_size()
+    reach = sum((int(n) - 1) * abs(st) for n, st in zip(t.shape, t.stride(), strict=True)) + 1
+    start = int(t.storage_offset()) * size
+    return t.untyped_storage().data_ptr(), start, start + reach * size
+
+
+def _overlapping(params: list[Tensor]) -> set[int]:
+    """The ids of ``params`` whose memory overlaps another one's (views of one tensor)."""
+    spans = sorted((*_extent(p), id(p)) for p in params if p.numel())
+    found: set[int] = set()
+    reach_storage, reach_end, reach_id = None, 0, 0
+    for storage, start, end, key in spans:
+        if storage == reach_storage and start < reach_end:
+            found.update((key, reach_id))
+        if storage != reach_storage or end > reach_end:
+            reach_storage, reach_end, reach_id = storage, end, key
+    return found
+
+
 class _Plan(NamedTuple):
     """How one call's parameters are stepped: see :meth:`PyroOptim._make_plan`."""
 
     ids: frozenset[int]
     layout: int
-    slots: list[_Slot]
-    clipped: list[_Slot]  # the slots with per-parameter clip arguments
+    slots: list[Slot]  # in table order
+    clipped: list[Slot]  # the slots with per-parameter clip arguments
     steps: list[tuple[Bucket, list[Tensor]]]
+    params: list[Tensor]  # of ``slots``, with the data pointers they had when planned
+    pointers: list[int]
 
 
 class PyroOptim(pyro.optim.PyroOptim):
@@ -182,9 +207,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         #: how many steps ``skip_nonfinite`` has skipped
         self.skipped_steps = 0
 
-        # Keyed by id(param): Tensor.__hash__ is a Python call, id() is not, and the slot
-        # holds the tensor, so its id cannot be reused while the entry exists.
-        self._slots: dict[int, _Slot] = {}
+        self._table = ParamTable()
         self._buckets: list[Bucket] = []  # in creation order, which is stepping order
         self._fresh: dict[Hashable, Bucket] = {}  # buckets new parameters may join, by key
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
@@ -192,6 +215,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._plan: _Plan | None = None
         self._last_norms: dict[int, Tensor] = {}
         self._last_global_norm: Tensor | None = None
+        # One call at a time: calls from several threads run as if made one by one.
+        self._lock = threading.RLock()
 
     # -- stepping ---------------------------------------------------------------------
     def __call__(self, params: Iterable[Tensor], *args: Any, **kwargs: Any) -> None:
@@ -199,7 +224,8 @@ class PyroOptim(pyro.optim.PyroOptim):
 
         Parameters seen for the first time get their optimizer state now (and any state
         waiting for their name from :meth:`set_state` / :meth:`load`). Extra arguments
-        go to the underlying optimizer's ``step``.
+        go to the underlying optimizer's ``step``. Calls from several threads are run
+        one after another.
         """
         if isinstance(params, Tensor) or not isinstance(params, Iterable):
             raise TypeError(
@@ -207,9 +233,19 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"{type(params).__name__}"
             )
         params = list(params)
+        with self._lock:
+            self._step(params, args, kwargs)
+
+    def _step(self, params: list[Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = frozenset(map(id, params))
         plan = self._plan
-        if plan is None or plan.ids != ids or plan.layout != self._layout:
+        if (
+            plan is None
+            or plan.ids != ids
+            or plan.layout != self._layout
+            # new storage (``Module.to``, ``param.data = ...``): dtype or device may differ
+            or list(map(Tensor.data_ptr, plan.params)) != plan.pointers
+        ):
             plan = self._plan = self._make_plan(params, ids)
         if args or kwargs:
             for bucket, _ in plan.steps:
@@ -218,10 +254,26 @@ class PyroOptim(pyro.optim.PyroOptim):
             self._skip_step()
             return
         self._clip(plan)
-        for bucket, bucket_params in plan.steps:
-            bucket.step(bucket_params, *args, **kwargs)
+        pending = plan.steps
+        done: set[int] = set()  # ids of the parameters stepped, if a bucket hands some over
+        while pending:
+            bucket, bucket_params = pending[0]
+            try:
+                bucket.step(bucket_params, *args, **kwargs)
+            except SparseGradients as sparse:  # raised before the bucket changed anything
+                self._to_torch(sparse.params)
+                plan = self._plan = self._make_plan(params, ids)
+                pending = [
+                    (b, left)
+                    for b, ps in plan.steps
+                    if (left := [p for p in ps if id(p) not in done])
+                ]
+                continue
             if bucket.fresh and bucket.advances_group():
                 bucket.fresh = False  # its lr moved: a new parameter would start afresh
+            if len(pending) > 1:
+                done.update(map(id, bucket_params))
+            pending = pending[1:]
 
     def _skip_step(self) -> None:
         self.skipped_steps += 1
@@ -238,31 +290,103 @@ class PyroOptim(pyro.optim.PyroOptim):
         """Which buckets step which parameters, for a call passing ``params``.
 
         SVI passes the same parameters on every step, so the plan is kept and reused
-        while neither the set of parameters nor the buckets change.
+        while neither the set of parameters, nor the buckets, nor any parameter's
+        storage change. Making one also takes in new parameters, retires those that
+        left the param store or whose name now holds another tensor, and moves those
+        whose dtype or device changed, or whose memory overlaps another's.
         """
         if len(ids) != len(params):
             params = list({id(p): p for p in params}.values())  # each parameter steps once
-        slots = self._slots
-        stepped: list[_Slot] = []
+        table = self._table
         new = []
         for p in params:
-            slot = slots.get(id(p))
-            if slot is None:
+            if table.get(p) is None:
                 self._check_new_param(p)
                 new.append(p)
-            else:
-                stepped.append(slot)
-        # Every new parameter is placed only once all of them passed their checks.
-        stepped.extend(self._discover(p) for p in new)
+        if new:
+            self._retire_stale(ids)
+            store = pyro.get_param_store()
+            named = sorted(
+                ((store.param_name(p), i, p) for i, p in enumerate(new)),
+                key=lambda item: (item[0] is None, item[0] or "", item[1]),
+            )
+            # Every new parameter is placed only once all of them passed their checks.
+            for name, _, p in named:
+                self._discover(p, name)
+        stepped: list[Slot] = sorted(map(table.get, params), key=_slot_order)  # type: ignore[arg-type]
+        for slot in stepped:
+            bucket = slot.bucket
+            if slot.param.dtype != bucket.dtype or slot.param.device != bucket.device:
+                self._rehome(slot)
+        overlapping = _overlapping([slot.param for slot in stepped])
+        for slot in stepped:
+            if id(slot.param) in overlapping and len(slot.bucket.params) > 1:
+                self._rehome(slot, alone=True)
         members: dict[Bucket, list[Tensor]] = {}
         for slot in stepped:
             members.setdefault(slot.bucket, []).append(slot.param)
-        for bucket, bucket_params in list(members.items()):
+        # Buckets step in the order of their first parameter in table order.
+        steps = []
+        for bucket, bucket_params in members.items():
             if len(bucket_params) < len(bucket.params) and bucket.advances_group():
-                members[self._split(bucket, bucket_params)] = members.pop(bucket)
-        steps = [(b, b.order(members[b])) for b in self._buckets if b in members]
+                bucket = self._split(bucket, bucket_params)
+            steps.append((bucket, bucket.order(bucket_params)))
         clipped = [slot for slot in stepped if slot.clip]
-        return _Plan(ids, self._layout, stepped, clipped, steps)
+        planned = [slot.param for slot in stepped]
+        pointers = list(map(Tensor.data_ptr, planned))
+        return _Plan(ids, self._layout, stepped, clipped, steps, planned, pointers)
+
+    def _retire_stale(self, keep: frozenset[int]) -> None:
+        """Forget parameters that left Pyro's param store (and are not being stepped).
+
+        A name that now holds another tensor (``clear_param_store``, ``param_store.load``
+        or ``del store[name]``, then ``pyro.param(name, ...)``) retires its old tensor,
+        which leaves its bucket and buffers, so memory and cost follow the live
+        parameters and not everything ever seen.
+        """
+        store = pyro.get_param_store()
+        stale = [
+            slot
+            for slot in self._table.by_id.values()
+            if slot.name is not None
+            and id(slot.param) not in keep
+            and store.param_name(slot.param) != slot.name
+        ]
+        for slot in stale:
+            self._retire(slot)
+
+    def _retire(self, slot: Slot) -> None:
+        self._layout += 1
+        self._table.remove(slot)
+        slot.bucket.remove(slot.param)
+        self._last_norms.pop(id(slot.param), None)
+        self._drop_empty_buckets()
+
+    def _rehome(self, slot: Slot, *, alone: bool = False) -> None:
+        """Move ``slot`` to the bucket its tensor's dtype and device call for, or to a
+        bucket of its own (``alone``), with its state (cast as torch casts loaded state)."""
+        state = self._param_state(slot)
+        self._layout += 1
+        slot.bucket.remove(slot.param)
+        slot.bucket = self._place(slot.param, slot.name, state, sort_key=slot.sort_key, alone=alone)
+        self._drop_empty_buckets()
+
+    def _to_torch(self, params: list[Tensor]) -> None:
+        """Hand ``params`` (with sparse gradients) to one torch optimizer of their kind,
+        whose own implementation then steps them (torch's SGD and Adagrad take sparse
+        gradients; the others raise torch's error)."""
+        for p in params:
+            slot = self._table.get(p)
+            assert slot is not None
+            state = self._param_state(slot)
+            self._layout += 1
+            slot.bucket.remove(p)
+            slot.bucket = self._place(p, slot.name, state, sort_key=slot.sort_key, torch_only=True)
+        self._drop_empty_buckets()
+
+    def _param_state(self, slot: Slot) -> Any:
+        """``slot``'s entry of :meth:`get_state`."""
+        return slot.bucket.state_dict(slot.param)
 
     @staticmethod
     def _check_new_param(p: Any) -> None:
@@ -277,35 +401,58 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"pyro.param(name).unconstrained())"
             )
 
-    def _discover(self, p: Tensor) -> _Slot:
-        name = pyro.get_param_store().param_name(p)
+    def _discover(self, p: Tensor, name: str | None) -> Slot:
+        """Take in ``p``, a tensor seen for the first time, named ``name`` in the store."""
+        if name is not None:
+            old = self._table.named(name)
+            if old is not None:  # the name holds a new tensor: the old one is gone
+                self._retire(old)
         waiting = self._state_waiting_to_be_consumed.get(name) if name is not None else None
-        bucket = self._place(p, name, waiting)
+        slot = Slot(p, name, None, self._clip_args_for(p, name))
+        self._table.add(slot)
+        try:
+            slot.bucket = self._place(p, name, waiting, sort_key=slot.sort_key)
+        except BaseException:
+            self._table.remove(slot)
+            raise
         if waiting is not None:
             del self._state_waiting_to_be_consumed[name]  # type: ignore[arg-type]
-        slot = self._slots[id(p)] = _Slot(p, name, bucket, self._clip_args_for(p, name))
         return slot
 
-    def _place(self, p: Tensor, name: str | None, state: Any) -> Bucket:
+    def _place(
+        self,
+        p: Tensor,
+        name: str | None,
+        state: Any,
+        *,
+        sort_key: Any = None,
+        alone: bool = False,
+        torch_only: bool = False,
+    ) -> Bucket:
         """Put ``p`` in the bucket its hyperparameters (or its saved state's) call for.
 
         A parameter joins only a *fresh* bucket: one whose hyperparameters (and, under a
         schedule, whose schedule) have not moved since it was made, so that joining it
         is the same as pyro.optim giving the parameter an optimizer of its own.
+        ``alone`` makes a bucket that no other parameter joins; ``torch_only`` one that
+        runs torch's own optimizer (for sparse gradients).
         """
         group = full_group(self._constructor, self._optim_args_for(name), p)
         saved_group = None
         if state is not None:
             saved_group = self._saved_group(name, group, self._optimizer_state(state))
             group.update(saved_group)
-        key = (bucket_key(self._constructor, group, p), self._cohort(state))
-        bucket = self._fresh.get(key)
+        key = (bucket_key(self._constructor, group, p), self._cohort(state), torch_only)
+        bucket = None if alone else self._fresh.get(key)
         created = bucket is None or not bucket.fresh or not bucket.params
         if created:
-            bucket = make_bucket(self._constructor, group, p)
+            if torch_only:
+                bucket = TorchBucket(self._constructor, group)
+            else:
+                bucket = make_bucket(self._constructor, group, p)
         assert bucket is not None
         self._layout += 1
-        bucket.add(p)
+        bucket.add(p, sort_key)
         try:
             if created:
                 self._attach(bucket, state)
@@ -321,7 +468,10 @@ class PyroOptim(pyro.optim.PyroOptim):
             raise
         if created:
             self._buckets.append(bucket)
-            self._fresh[key] = bucket
+            if alone:
+                bucket.fresh = False
+            else:
+                self._fresh[key] = bucket
         return bucket
 
     def _saved_group(self, name: str | None, group: Group, state: Mapping[str, Any]) -> Group:
@@ -372,9 +522,10 @@ class PyroOptim(pyro.optim.PyroOptim):
         for p in params:
             state = bucket.state_dict(p)
             bucket.remove(p)
-            moved.add(p)
+            slot = self._table.by_id[id(p)]
+            moved.add(p, slot.sort_key)
             moved.load_state_dict(p, state)
-            self._slots[id(p)].bucket = moved
+            slot.bucket = moved
         self._copy_attachment(bucket, moved)
         moved.restore_group(group)
         moved.fresh = False
@@ -455,17 +606,18 @@ class PyroOptim(pyro.optim.PyroOptim):
     def optim_objs(self, value: Any) -> None:
         raise AttributeError("optim_objs is read-only in pyroopt")
 
-    def _view(self, slot: _Slot) -> Any:
+    def _view(self, slot: Slot) -> Any:
         """What ``optim_objs[param]`` answers for one parameter."""
-        return _ParamOptimizerView(slot.bucket, slot.param)
+        return _ParamOptimizerView(self, slot)
 
     def learning_rates(self) -> dict[str, float]:
         """The current learning rate of every parameter seen so far, by name."""
-        return {
-            slot.name: slot.bucket.lr(slot.param)
-            for slot in self._slots.values()
-            if slot.name is not None
-        }
+        with self._lock:
+            return {
+                slot.name: slot.bucket.lr(slot.param)
+                for slot in self._table
+                if slot.name is not None
+            }
 
     def grad_norms(self) -> dict[str, float]:
         """Each parameter's gradient norm at the last step, before clipping, by name.
@@ -476,10 +628,11 @@ class PyroOptim(pyro.optim.PyroOptim):
             raise RuntimeError(
                 "gradient norms are recorded only with track_grad_norms=True or clip_norm"
             )
+        slots = self._table.by_id
         return {
-            self._slots[key].name: float(n)  # type: ignore[misc]
+            slots[key].name: float(n)  # type: ignore[misc]
             for key, n in self._last_norms.items()
-            if self._slots[key].name is not None
+            if slots[key].name is not None
         }
 
     def global_grad_norm(self) -> float | None:
@@ -487,7 +640,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         return None if self._last_global_norm is None else float(self._last_global_norm)
 
     def _uses_norm_clip(self) -> bool:
-        return any("clip_norm" in s.clip for s in self._slots.values())
+        return any("clip_norm" in s.clip for s in self._table.by_id.values())
 
     # -- state ------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -497,11 +650,12 @@ class PyroOptim(pyro.optim.PyroOptim):
         and state loaded for parameters not seen yet is included, so saving right
         after loading loses nothing.
         """
-        state: dict[str, Any] = dict(self._state_waiting_to_be_consumed)
-        for slot in self._slots.values():
-            if slot.name is not None:
-                state[slot.name] = slot.bucket.state_dict(slot.param)
-        return state
+        with self._lock:
+            state: dict[str, Any] = dict(self._state_waiting_to_be_consumed)
+            for slot in self._table:
+                if slot.name is not None:
+                    state[slot.name] = self._param_state(slot)
+            return state
 
     def set_state(self, state_dict: Mapping[str, Any]) -> None:
         """Set state from :meth:`get_state` (or pyro.optim's ``get_state``).
@@ -514,44 +668,59 @@ class PyroOptim(pyro.optim.PyroOptim):
     def _set_state(self, state_dict: Mapping[str, Any], where: str) -> None:
         """:meth:`set_state`, naming ``where`` the state came from in errors.
 
-        All or nothing: if any entry cannot be applied, every parameter already moved
-        goes back to its bucket and state, and nothing is left waiting.
+        Like pyro.optim, every entry waits for its name's next new tensor (after
+        ``param_store.load``, say). A parameter already seen whose tensor is still the
+        param store's takes its entry now; one whose name now holds another tensor is
+        retired, and the new tensor takes the entry when it first appears. All or
+        nothing: if any entry cannot be applied, every parameter already moved goes back
+        to its bucket and state, and nothing is left waiting.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
                 "state_dict must be a dict of {param_name: state}, got "
                 f"{type(state_dict).__name__}"
             )
-        for name, state in state_dict.items():
-            self._check_state(name, state, where)
-        by_name = {slot.name: slot for slot in self._slots.values() if slot.name is not None}
-        undo: list[tuple[_Slot, Bucket, dict[str, Any]]] = []
-        try:
+        with self._lock:
             for name, state in state_dict.items():
-                slot = by_name.get(name)
-                if slot is None:
-                    continue
+                self._check_state(name, state, where)
+            store = pyro.get_param_store()
+            live: list[Slot] = []
+            stale: list[Slot] = []
+            for name in state_dict:
+                slot = self._table.named(name)
+                if slot is not None:
+                    current = store.param_name(slot.param) == name
+                    (live if current else stale).append(slot)
+            self._apply_now(live, state_dict)
+            for slot in stale:
+                self._retire(slot)
+            self._state_waiting_to_be_consumed.update(state_dict)
+
+    def _apply_now(self, slots: list[Slot], state_dict: Mapping[str, Any]) -> None:
+        """Load each slot's entry of ``state_dict``; on any failure undo them all."""
+        undo: list[tuple[Slot, Bucket, Any]] = []
+        try:
+            for slot in slots:
                 p, old = slot.param, slot.bucket
                 undo.append((slot, old, old.state_dict(p)))
                 self._layout += 1
                 old.remove(p)
-                slot.bucket = self._place(p, name, state)
+                state = state_dict[slot.name]  # type: ignore[index]
+                slot.bucket = self._place(p, slot.name, state, sort_key=slot.sort_key)
         except Exception:
             for slot, old, snapshot in reversed(undo):
                 if slot.bucket is not old:
                     slot.bucket.remove(slot.param)
-                old.add(slot.param)
+                old.add(slot.param, slot.sort_key)
                 old.load_state_dict(slot.param, snapshot)
                 slot.bucket = old
             self._drop_empty_buckets()
             raise
-        self._state_waiting_to_be_consumed.update(
-            {name: state for name, state in state_dict.items() if name not in by_name}
-        )
         self._drop_empty_buckets()
 
     def _drop_empty_buckets(self) -> None:
         self._buckets = [b for b in self._buckets if b.params]
+        self._fresh = {k: b for k, b in self._fresh.items() if b.params}
 
     def save(self, filename: str | os.PathLike[str]) -> None:
         """Write :meth:`get_state` to ``filename`` in pyro.optim's format, atomically.
@@ -559,7 +728,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         A crash at any moment leaves the old file or the new one, never a torn one. The
         file also records pyroopt's version and checkpoint format.
         """
-        checkpoint.save_state(self.get_state(), filename)
+        checkpoint.save_state(self.get_state(), filename)  # a snapshot: no lock needed
 
     def load(
         self,
@@ -584,21 +753,29 @@ class _OptimObjs(Mapping[Tensor, Any]):
         self._optim = optim
 
     def __getitem__(self, param: Tensor) -> Any:
-        return self._optim._view(self._optim._slots[id(param)])
+        slot = self._optim._table.get(param)
+        if slot is None:
+            raise KeyError(param)
+        return self._optim._view(slot)
 
     def __iter__(self) -> Iterator[Tensor]:
-        return (slot.param for slot in self._optim._slots.values())
+        return (slot.param for slot in self._optim._table)
 
     def __len__(self) -> int:
-        return len(self._optim._slots)
+        return len(self._optim._table)
 
 
 class _ParamOptimizerView:
     """One parameter's optimizer, as pyro.optim users reach into ``optim_objs[p]``."""
 
-    def __init__(self, bucket: Bucket, param: Tensor) -> None:
-        self._bucket = bucket
-        self._param = param
+    def __init__(self, optim: PyroOptim, slot: Slot) -> None:
+        self._optim = optim
+        self._slot = slot
+        self._param = slot.param
+
+    @property
+    def _bucket(self) -> Bucket:
+        return self._slot.bucket
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -613,7 +790,8 @@ class _ParamOptimizerView:
         return self._bucket.state_dict(self._param)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self._bucket.load_state_dict(self._param, state_dict)
+        with self._optim._lock:
+            self._bucket.load_state_dict(self._param, state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if set_to_none:
@@ -622,4 +800,12 @@ class _ParamOptimizerView:
             self._param.grad.detach_().zero_()
 
     def step(self, *args: Any, **kwargs: Any) -> None:
-        self._bucket.step([self._param], *args, **kwargs)
+        """Step this one parameter, as its own optimizer would: a bucket whose steps move
+        its hyperparameters (ClippedAdam's ``lrd``) lets it go first, so the others'
+        learning rates stay as they are."""
+        with self._optim._lock:
+            self._optim._step([self._param], args, kwargs)
+
+
+def _slot_order(slot: Slot) -> Any:
+    return slot.sort_key

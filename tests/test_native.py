@@ -217,6 +217,6 @@ def test_the_rule_runs_first_steps_natively(steps):
     state = {k: [torch.zeros_like(p) for p in params] for k in ("prev", "step_size")}
     group = {"lr": 0.01, "etas": (0.5, 1.2), "step_sizes": (1e-6, 50.0), "maximize": False}
     batch = Batch(params, [torch.ones(2), -torch.ones(3)], state, steps)
-    assert RULES[torch.optim.Rprop].fused_update(batch, group)
+    assert RULES[torch.optim.Rprop].native_update(batch, group)
     torch.testing.assert_close(torch.cat(state["step_size"]), torch.full((5,), 0.01))
     torch.testing.assert_close(torch.cat(params), torch.tensor([-0.01] * 2 + [0.01] * 3))

@@ -189,7 +189,7 @@ def test_engine_picks_the_bucket_and_honours_user_choice(constructor, args, kind
     fresh_store()
     optim = pyroopt.PyroOptim(constructor, args)
     run(lambda: optim, 3)
-    buckets = {type(s.bucket) for s in optim._slots.values()}
+    buckets = {type(s.bucket) for s in optim._table}
     assert buckets == {kind}
     if kind is TorchBucket:
         group = optim._buckets[0].optimizer.param_groups[0]

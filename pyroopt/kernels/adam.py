@@ -42,7 +42,6 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 
 class AdamRule(UpdateRule):
-
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
 
@@ -76,6 +75,7 @@ class AdamRule(UpdateRule):
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
+
 
 ADAM = AdamRule()
 ADAMW = AdamRule(decoupled=True)

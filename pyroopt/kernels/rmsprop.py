@@ -23,7 +23,6 @@ from pyroopt.kernels.weight_decay import directed_grads
 
 
 class RMSpropRule(UpdateRule):
-
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys: tuple[str, ...] = ("square_avg",)
         if group["momentum"] > 0:
