@@ -63,7 +63,7 @@ ParamState = dict[str, Any]
 
 #: torch optimizers whose own implementation steps sparse gradients: a rule bucket hands
 #: parameters with sparse gradients over to one of those (see :class:`SparseGradients`)
-TAKES_SPARSE: frozenset[type] = frozenset({torch.optim.SGD, torch.optim.Adagrad})
+TAKES_SPARSE: frozenset[Any] = frozenset((torch.optim.SGD, torch.optim.Adagrad))
 
 
 def freeze(value: Any) -> Hashable:
