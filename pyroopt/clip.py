@@ -75,12 +75,20 @@ def grad_norms(grads: Sequence[Tensor]) -> list[Tensor]:
 def clip_norms_(
     grads: Sequence[Tensor], norms: Sequence[Tensor], max_norms: Sequence[float]
 ) -> None:
-    """Scale each gradient to norm at most its ``max_norms`` entry, in place."""
+    """Scale each gradient to norm at most its ``max_norms`` entry, in place.
+
+    Bit for bit what ``torch.nn.utils.clip_grad_norm_(p, c)`` does to each one, as
+    pyro.optim calls it: the total norm of one gradient is the norm of its norm (a
+    reduction of one element), and ``c / (total + 1e-6)`` is computed as torch's
+    ``Tensor.__rtruediv__`` does, as a reciprocal times ``c``.
+    """
     if not grads:
         return
     with torch.no_grad():
-        limits = torch.tensor(max_norms, dtype=norms[0].dtype, device=norms[0].device)
-        scale = (limits / (torch.stack(list(norms)) + _EPS)).clamp_(max=1.0)
+        stacked = torch.stack(list(norms)).unsqueeze(1)
+        totals = torch.linalg.vector_norm(stacked, 2, dim=1)
+        limits = torch.tensor(max_norms, dtype=totals.dtype, device=totals.device)
+        scale = (totals + _EPS).reciprocal_().mul_(limits).clamp_(max=1.0)
         torch._foreach_mul_(list(grads), list(scale.unbind(0)))
 
 
