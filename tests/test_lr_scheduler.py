@@ -8,7 +8,6 @@ import pytest
 import torch
 from programs import Program, fresh_store
 from torch.optim import lr_scheduler as torch_schedulers
-from torch.testing import assert_close
 
 import pyroopt
 

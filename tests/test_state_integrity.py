@@ -4,6 +4,9 @@ gives the right answer, bit for bit, in float32."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pyro
@@ -328,3 +331,51 @@ def test_factories_take_skip_nonfinite_and_track_grad_norms():
         skip_nonfinite=True,
     )
     assert scheduler.skip_nonfinite
+
+
+# -- memory under epoch churn with a live user view --------------------------------------
+
+_CHURN_JOB = """
+import gc, sys
+import pyro, pyro.optim, torch
+import pyroopt
+
+module = pyroopt if sys.argv[1] == "pyroopt" else pyro.optim
+optim = module.Adam({"lr": 0.01})
+torch.manual_seed(0)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+marks = []
+for epoch in range(60):
+    pyro.clear_param_store()
+    params = [pyro.param(f"w{i}", torch.randn(50_000)).unconstrained() for i in range(10)]
+    view = params[0].detach()  # a live view of this epoch's parameter, held by the user
+    for step in range(5):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optim(set(params))
+    gc.collect()
+    marks.append(rss_mb())
+print(marks[-1] - marks[4])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_memory_under_epoch_churn_with_a_live_view_stays_bounded():
+    """One epoch holds 10 parameters of 50k floats (2 MB, 6 MB with Adam's state):
+    memory after 60 epochs must not grow with the epochs (pyro.optim keeps every old
+    optimizer, and grows by about as much as it ever held)."""
+    growth = {}
+    for module in ("pyro.optim", "pyroopt"):
+        done = subprocess.run(
+            [sys.executable, "-c", _CHURN_JOB, module], capture_output=True, text=True, check=True
+        )
+        growth[module] = float(done.stdout.strip())
+    assert growth["pyroopt"] <= 1.5 * max(growth["pyro.optim"], 0.0) + 1.0, growth
+    assert growth["pyroopt"] < 30.0, growth  # MB: a few epochs' worth, not 55 epochs'
