@@ -540,6 +540,12 @@ class TorchBucket(Bucket):
     def current_group(self) -> Group:
         return self._public_group()
 
+    def advances_group(self) -> bool:
+        """Also true under ``fused=True``: torch's fused SGD decides "first step" for
+        the whole group (all momentum buffers absent or none), so a parameter may join
+        only before the first step and leave with any that step apart."""
+        return super().advances_group() or bool(self.group.get("fused"))
+
     def schedule_target(self) -> Optimizer:
         assert self.optimizer is not None
         return self.optimizer

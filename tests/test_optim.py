@@ -51,6 +51,12 @@ CASES = [
     ("ClippedAdam", {"lr": 0.05, "clip_norm": 0.5, "lrd": 0.99}),
     ("AdagradRMSProp", {"eta": 0.5}),
     ("DCTAdam", {"lr": 0.05}),
+    # torch's fused kernels, asked for: then the numbers are torch-fused's, as pyro.optim's
+    ("Adam", {"lr": 0.05, "fused": True}),
+    ("AdamW", {"lr": 0.05, "fused": True, "amsgrad": True}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "fused": True}),
+    ("Adagrad", {"lr": 0.1, "fused": True}),
+    ("Adam", {"lr": 0.05, "foreach": True}),
 ]
 
 
