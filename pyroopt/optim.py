@@ -211,6 +211,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._buckets: list[Bucket] = []  # in creation order, which is stepping order
         self._fresh: dict[Hashable, Bucket] = {}  # buckets new parameters may join, by key
         self._state_waiting_to_be_consumed: dict[str, Any] = {}
+        #: where each name's loaded state came from (a file, or "state_dict"), for errors
+        self._state_origin: dict[str, str] = {}
         self._layout = 0  # bumped whenever a parameter joins, leaves or changes bucket
         self._plan: _Plan | None = None
         self._last_norms: dict[int, Tensor] = {}
@@ -440,7 +442,10 @@ class PyroOptim(pyro.optim.PyroOptim):
         group = full_group(self._constructor, self._optim_args_for(name), p)
         saved_group = None
         if state is not None:
-            saved_group = self._saved_group(name, group, self._optimizer_state(state))
+            try:
+                saved_group = self._saved_group(name, group, self._optimizer_state(state))
+            except ValueError as e:
+                raise ValueError(f"{self._origin(name)}{e}") from None
             group.update(saved_group)
         key = (bucket_key(self._constructor, group, p), self._cohort(state), torch_only)
         bucket = None if alone else self._fresh.get(key)
@@ -462,7 +467,7 @@ class PyroOptim(pyro.optim.PyroOptim):
                 bucket.load_state_dict(p, self._optimizer_state(state))
         except ValueError as e:
             bucket.remove(p)
-            raise ValueError(f"optimizer state of {name!r}: {e}") from None
+            raise ValueError(f"{self._origin(name)}optimizer state of {name!r}: {e}") from None
         except Exception:
             bucket.remove(p)
             raise
@@ -473,6 +478,11 @@ class PyroOptim(pyro.optim.PyroOptim):
             else:
                 self._fresh[key] = bucket
         return bucket
+
+    def _origin(self, name: str | None) -> str:
+        """``"FILE: "`` for a name whose state came from a file (or ``set_state``)."""
+        origin = self._state_origin.get(name) if name is not None else None
+        return f"{origin}: " if origin else ""
 
     def _saved_group(self, name: str | None, group: Group, state: Mapping[str, Any]) -> Group:
         """The hyperparameters in a saved per-parameter state, checked against ``group``.
@@ -660,8 +670,12 @@ class PyroOptim(pyro.optim.PyroOptim):
     def set_state(self, state_dict: Mapping[str, Any]) -> None:
         """Set state from :meth:`get_state` (or pyro.optim's ``get_state``).
 
-        State for a parameter already seen is applied now; the rest waits until its
-        parameter first appears.
+        As in pyro.optim, each entry waits for the next new tensor of its name (the one
+        ``param_store.load`` or ``pyro.param`` creates), so a checkpoint restored into an
+        optimizer that has already stepped continues where it was saved, in either order
+        of loading the param store and the optimizer. Unlike pyro.optim, which ignores
+        it there, an entry is also applied at once to a parameter already seen whose
+        tensor is still the param store's.
         """
         self._set_state(state_dict, "state_dict")
 
@@ -683,6 +697,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         with self._lock:
             for name, state in state_dict.items():
                 self._check_state(name, state, where)
+            previous = dict(self._state_origin)
+            self._state_origin.update(dict.fromkeys(state_dict, where))
             store = pyro.get_param_store()
             live: list[Slot] = []
             stale: list[Slot] = []
@@ -691,7 +707,11 @@ class PyroOptim(pyro.optim.PyroOptim):
                 if slot is not None:
                     current = store.param_name(slot.param) == name
                     (live if current else stale).append(slot)
-            self._apply_now(live, state_dict)
+            try:
+                self._apply_now(live, state_dict)
+            except BaseException:
+                self._state_origin = previous
+                raise
             for slot in stale:
                 self._retire(slot)
             self._state_waiting_to_be_consumed.update(state_dict)

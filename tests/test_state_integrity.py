@@ -379,3 +379,31 @@ def test_memory_under_epoch_churn_with_a_live_view_stays_bounded():
         growth[module] = float(done.stdout.strip())
     assert growth["pyroopt"] <= 1.5 * max(growth["pyro.optim"], 0.0) + 1.0, growth
     assert growth["pyroopt"] < 30.0, growth  # MB: a few epochs' worth, not 55 epochs'
+
+
+# -- 8. load errors name the file --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seen", [True, False], ids=["stepped", "not-yet-seen"])
+@pytest.mark.parametrize("problem", ["other optimizer", "changed shape"])
+def test_load_errors_name_the_file(tmp_path, seen, problem):
+    fresh_store()
+    p = pyro.param("w", torch.ones(3)).unconstrained()
+    p.grad = torch.ones(3)
+    saver = pyroopt.SGD({"lr": 0.1, "momentum": 0.9}) if problem == "other optimizer" else None
+    saver = saver or pyroopt.Adam({"lr": 0.1})
+    saver([p])
+    path = tmp_path / "optim.pt"
+    saver.save(path)
+    fresh_store()
+    p = pyro.param("w", torch.ones(3 if problem == "other optimizer" else 4)).unconstrained()
+    p.grad = torch.ones_like(p)
+    optim = pyroopt.Adam({"lr": 0.1})
+    if seen:
+        optim([p])
+        with pytest.raises(ValueError, match=str(path)):
+            optim.load(path)
+    else:
+        optim.load(path)
+        with pytest.raises(ValueError, match=str(path)):
+            optim([p])
