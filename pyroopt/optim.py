@@ -314,7 +314,7 @@ class PyroOptim(pyro.optim.PyroOptim):
             )
             # Every new parameter is placed only once all of them passed their checks.
             for name, _, p in named:
-                self._discover(p, name)
+                self._discover(p, name, ids)
         stepped: list[Slot] = sorted(map(table.get, params), key=_slot_order)  # type: ignore[arg-type]
         for slot in stepped:
             bucket = slot.bucket
@@ -403,11 +403,17 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"pyro.param(name).unconstrained())"
             )
 
-    def _discover(self, p: Tensor, name: str | None) -> Slot:
-        """Take in ``p``, a tensor seen for the first time, named ``name`` in the store."""
+    def _discover(self, p: Tensor, name: str | None, stepping: frozenset[int]) -> Slot:
+        """Take in ``p``, a tensor seen for the first time, named ``name`` in the store.
+
+        The name's old tensor, if any, is retired; if it is being stepped in this very
+        call (``stepping`` holds its id), it goes on as an unnamed parameter instead.
+        """
         if name is not None:
             old = self._table.named(name)
-            if old is not None:  # the name holds a new tensor: the old one is gone
+            if old is not None and id(old.param) in stepping:
+                self._table.unname(old)
+            elif old is not None:  # the name holds a new tensor: the old one is gone
                 self._retire(old)
         waiting = self._state_waiting_to_be_consumed.get(name) if name is not None else None
         slot = Slot(p, name, None, self._clip_args_for(p, name))

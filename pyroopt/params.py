@@ -84,6 +84,12 @@ class ParamTable:
         if slot.name is not None:
             del self._by_name[slot.name]
 
+    def unname(self, slot: Slot) -> None:
+        """Let ``slot`` go on without its name (which now belongs to another tensor)."""
+        del self._by_name[slot.name]  # type: ignore[arg-type]
+        slot.name = None
+        slot.sort_key = (1, next(self._arrivals))
+
     def names(self) -> list[str]:
         """The names of the named slots, sorted."""
         return sorted(self._by_name)

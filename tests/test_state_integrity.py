@@ -407,3 +407,20 @@ def test_load_errors_name_the_file(tmp_path, seen, problem):
         optim.load(path)
         with pytest.raises(ValueError, match=str(path)):
             optim([p])
+
+
+def test_old_and_new_tensor_of_one_name_in_one_call_both_step_as_pyro_optim():
+    out = []
+    for module in (pyro.optim, pyroopt):
+        fresh_store()
+        optim = module.Adam({"lr": 0.1})
+        old = pyro.param("w", torch.ones(2)).unconstrained()
+        old.grad = torch.ones(2)
+        optim([old])
+        del pyro.get_param_store()["w"]
+        new = pyro.param("w", torch.zeros(2)).unconstrained()
+        for _ in range(3):
+            old.grad, new.grad = torch.ones(2), -torch.ones(2)
+            optim([old, new])
+        out.append((old.detach().clone(), new.detach().clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
