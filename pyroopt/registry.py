@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from pyroopt import optimizers
 from pyroopt.kernels import ADAM, ADAMW, UpdateRule
+from pyroopt.kernels.adagrad import ADAGRAD
 from pyroopt.kernels.adagrad_rmsprop import AdagradRMSPropRule
 from pyroopt.kernels.clipped_adam import ClippedAdamRule
 from pyroopt.kernels.rmsprop import RMSpropRule
@@ -30,6 +31,7 @@ RULES: dict[type[Optimizer], UpdateRule] = {
     torch.optim.SGD: SGDRule(),
     torch.optim.RMSprop: RMSpropRule(),
     torch.optim.Rprop: RpropRule(),
+    torch.optim.Adagrad: ADAGRAD,
     optimizers.ClippedAdam: optimizers.ClippedAdam.rule,
     PyroClippedAdam: ClippedAdamRule(),
     optimizers.AdagradRMSProp: optimizers.AdagradRMSProp.rule,

@@ -93,6 +93,17 @@ CONFIGS += [
     (optimizers.AdagradRMSProp, {"eta": 0.5}),
     (optimizers.AdagradRMSProp, {"eta": 1.0, "t": 0.5, "delta": 0.1}),
     (optimizers.AdagradRMSProp, {"eta": 0.5, "t": 0.0}),
+    *_combos(
+        torch.optim.Adagrad,
+        {
+            "lr": [0.05],
+            "lr_decay": [0.0, 0.01],
+            "weight_decay": [0.0, 0.1],
+            "initial_accumulator_value": [0.0, 0.2],
+            "maximize": [False, True],
+        },
+    ),
+    (torch.optim.Adagrad, {"lr": 0.1, "eps": 0.3}),
 ]
 #: what pyroopt's own optimizers must match
 REFERENCE = {optimizers.ClippedAdam: PyroClippedAdam, optimizers.AdagradRMSProp: PyroAdagradRMSProp}
@@ -134,6 +145,12 @@ def run_pair(cls, args, *, mixed, dtype=torch.float64, steps=24):
             reference.param_groups[0]["params"].append(theirs[name])
         if reference_cls is PyroAdagradRMSProp:  # it creates state in __init__ only
             reference.state[theirs[name]] = {"step": 0, "sum": torch.zeros_like(theirs[name])}
+        if reference_cls is torch.optim.Adagrad and name != "a":  # likewise
+            value = args.get("initial_accumulator_value", 0.0)
+            reference.state[theirs[name]] = {
+                "step": torch.tensor(0.0),
+                "sum": torch.full_like(theirs[name], value),
+            }
 
     for name in SHAPES:
         if name != "late":

@@ -20,9 +20,12 @@ import torch
 
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
+from pyroopt.native.rmsprop import rmsprop_update
 
 
 class RMSpropRule(UpdateRule):
+    has_native = True
+
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         keys: tuple[str, ...] = ("square_avg",)
         if group["momentum"] > 0:
@@ -60,3 +63,20 @@ class RMSpropRule(UpdateRule):
             torch._foreach_add_(params, bufs, alpha=-lr)
         else:
             torch._foreach_addcdiv_(params, grads, avg, -lr)
+
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, _steps = batch
+        return rmsprop_update(
+            params,
+            grads,
+            state["square_avg"],
+            state.get("grad_avg", ()),
+            state.get("momentum_buffer", ()),
+            lr=group["lr"],
+            alpha=group["alpha"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            centered=group["centered"],
+            maximize=group["maximize"],
+        )

@@ -59,22 +59,21 @@ class RpropRule(UpdateRule):
         # computed in their place. sign(NaN) is 0 in torch, as "neither > 0 nor < 0".
         torch._foreach_mul_(prevs, grads)
         torch._foreach_sign_(prevs)
-        # Everything below is arithmetic on sigma in {-1, 0, 1}: comparisons and
-        # torch.where cost several times more per element on CPU. The factor is
-        # 1 + (eta_+ - 1) max(sigma, 0) + (1 - eta_-) min(sigma, 0), which is eta_+,
-        # eta_- or 1 exactly for etas in [0.5, 2] (the differences with 1 are exact).
-        factors = torch._foreach_clamp_min(prevs, 0.0)
-        torch._foreach_mul_(factors, eta_plus - 1.0)
-        torch._foreach_add_(factors, 1.0)
+        # Everything below is arithmetic on sigma in {-1, 0, 1} (comparisons and
+        # torch.where cost several times more per element on CPU), each step exact for
+        # any 0 < eta_- < 1 < eta_+, as torch requires: the factor is
+        # max(sigma eta_+, 1) * max(1 + min(sigma, 0), eta_-), one of which is 1.
+        factors = torch._foreach_mul(prevs, eta_plus)
+        torch._foreach_clamp_min_(factors, 1.0)
         torch._foreach_clamp_max_(prevs, 0.0)
-        torch._foreach_add_(factors, prevs, alpha=1.0 - eta_minus)
+        torch._foreach_add_(prevs, 1.0)  # keep = 0 where the sign flipped, 1 elsewhere
+        torch._foreach_mul_(factors, torch._foreach_clamp_min(prevs, eta_minus))
         torch._foreach_mul_(step_sizes, factors)
         torch._foreach_clamp_min_(step_sizes, low)
         torch._foreach_clamp_max_(step_sizes, high)
-        # g' <- g (1 + min(sigma, 0)): zero where the sign flipped, g elsewhere. (An
-        # infinite g whose sign flipped gives NaN where torch stores 0; both read as
-        # sigma = 0 next step, and sign(NaN) = 0 leaves the parameter as torch does.)
-        torch._foreach_add_(prevs, 1.0)
+        # g' <- keep g: zero where the sign flipped, g elsewhere. (An infinite g whose
+        # sign flipped gives NaN where torch stores 0; both read as sigma = 0 next step,
+        # and sign(NaN) = 0 leaves the parameter as torch does.)
         torch._foreach_mul_(prevs, grads)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
 

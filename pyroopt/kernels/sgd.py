@@ -20,9 +20,11 @@ import torch
 
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
+from pyroopt.native.sgd import sgd_update
 
 
 class SGDRule(UpdateRule):
+    has_native = True
     saves_step = False
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
@@ -36,13 +38,36 @@ class SGDRule(UpdateRule):
         )
         if momentum != 0:
             bufs = state["momentum_buffer"]
-            # A parameter's first step sets its buffer to the gradient (torch clones it).
-            keep = coef([momentum if t > 1 else 0.0 for t in steps])
-            take = coef([1 - group["dampening"] if t > 1 else 1.0 for t in steps])
-            torch._foreach_mul_(bufs, keep)
-            if isinstance(take, float):
-                torch._foreach_add_(bufs, grads, alpha=take)
+            # torch clones the gradient into a parameter's buffer on its first step and
+            # updates it with mul_ then add_(alpha) (one fused multiply-add) after.
+            fresh = [t == 1 for t in steps] if len(steps) > 1 else [steps[0] == 1] * len(bufs)
+            if all(fresh):
+                torch._foreach_copy_(bufs, grads)
+            elif not any(fresh):
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
             else:
-                torch._foreach_add_(bufs, torch._foreach_mul(grads, take))
+                new = [i for i, f in enumerate(fresh) if f]
+                old = [i for i, f in enumerate(fresh) if not f]
+                torch._foreach_copy_([bufs[i] for i in new], [grads[i] for i in new])
+                kept = [bufs[i] for i in old]
+                torch._foreach_mul_(kept, momentum)
+                torch._foreach_add_(kept, [grads[i] for i in old], alpha=1 - group["dampening"])
             grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)
+
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, steps = batch
+        fresh = [t == 1 for t in steps] if len(steps) > 1 else [steps[0] == 1] * len(params)
+        return sgd_update(
+            params,
+            grads,
+            state.get("momentum_buffer", ()),
+            fresh,
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )

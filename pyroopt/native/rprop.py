@@ -26,9 +26,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyroopt import native
+from pyroopt.native import _entry
 
-_ENTRIES = {torch.float32: "pyroopt_rprop_f32", torch.float64: "pyroopt_rprop_f64"}
+_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 4,  # params, grads, prevs, step sizes
+    _entry.INT64S,  # numels
+    _entry.FLAGS,  # fresh: first step, step size starts at lr
+    *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
+    ctypes.c_int,  # maximize
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
 
 #: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
 #: many elements. Threads are started per call, and here a second one paid off only
@@ -40,43 +49,7 @@ MIN_NUMEL_PER_THREAD = 1 << 20
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
     """The C entry for ``dtype``, typed; ``None`` without the library or for other dtypes."""
-    lib = native.library() if dtype in _ENTRIES else None
-    if lib is None:
-        return None
-    function = getattr(lib, _ENTRIES[dtype])
-    pointers = ctypes.POINTER(ctypes.c_void_p)
-    function.argtypes = [
-        ctypes.c_int64,  # number of tensors
-        *[pointers] * 4,  # params, grads, prevs, step sizes
-        ctypes.POINTER(ctypes.c_int64),  # numels
-        ctypes.POINTER(ctypes.c_ubyte),  # fresh: first step, step size starts at lr
-        *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
-        ctypes.c_int,  # maximize
-        ctypes.c_int,  # threads
-        ctypes.c_int64,  # elements per thread, at least
-    ]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _pointers(tensors: Sequence[Tensor]) -> Any:
-    return (ctypes.c_void_p * len(tensors))(*map(Tensor.data_ptr, tensors))
-
-
-def _runs_here(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
-    """Whether the loop can read ``tensors`` as plain arrays of ``dtype`` in memory.
-
-    (A tensor with its negative bit set is a lazily negated view: its memory holds
-    the values before negation.)
-    """
-    return (
-        all(
-            t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided
-            for t in tensors
-        )
-        and all(map(Tensor.is_contiguous, tensors))
-        and not any(map(Tensor.is_neg, tensors))
-    )
+    return _entry.typed("pyroopt_rprop", dtype, _ARGTYPES)
 
 
 def rprop_update(
@@ -107,29 +80,26 @@ def rprop_update(
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
-    dtype = params[0].dtype
-    function = _function(dtype)
+    function = _function(params[0].dtype)
     if function is None:
         return False
     lists = (params, grads, prevs, sizes)
-    if not all(_runs_here(ts, dtype) for ts in lists):
-        return False
-    numels = list(map(Tensor.numel, params))
-    if any(list(map(Tensor.numel, ts)) != numels for ts in lists[1:]):
+    numels = _entry.numels_if_runs(lists)
+    if numels is None:
         return False
     function(
         len(params),
-        *map(_pointers, lists),
-        (ctypes.c_int64 * len(numels))(*numels),
-        (ctypes.c_ubyte * len(fresh))(*fresh),
+        *map(_entry.pointers, lists),
+        _entry.int64s(numels),
+        _entry.flags(fresh),
         lr,
         *etas,
         *step_sizes,
         int(maximize),
-        torch.get_num_threads(),
+        _entry.threads(),
         MIN_NUMEL_PER_THREAD,
     )
     # Written through raw pointers, so autograd did not see it: tell it, as an in-place
     # torch op would, so a graph that saved a parameter refuses to backward through it.
-    torch._C._increment_version([*params, *prevs, *sizes])
+    _entry.mark_modified([*params, *prevs, *sizes])
     return True

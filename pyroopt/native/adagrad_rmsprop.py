@@ -1,0 +1,93 @@
+r"""Pyro's AdagradRMSProp in one pass over memory: the typed entry to
+``pyroopt_adagrad_rmsprop_*`` in :file:`adagrad_rmsprop.c`.
+
+Computes exactly what :class:`pyro.optim.adagrad_rmsprop.AdagradRMSProp` computes (see
+:mod:`pyroopt.kernels.adagrad_rmsprop` for the math), bitwise equal in float32 and
+float64, on contiguous CPU tensors.
+
+Example::
+
+    >>> import torch
+    >>> p, g, s = torch.zeros(2), torch.tensor([3.0, -1.0]), torch.zeros(2)
+    >>> adagrad_rmsprop_update([p], [g], [s], [True], [-1.0], t=0.1)
+    True
+    >>> p, s  # g / (1 + |g|) on the first step
+    (tensor([-0.7500,  0.5000]), tensor([9., 1.]))
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.native import _entry
+
+_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 3,  # params, grads, sums
+    _entry.INT64S,  # numels
+    _entry.FLAGS,  # fresh: first step, the sum becomes g * g
+    _entry.DOUBLES,  # -eta * step ** (-0.5 + delta) per tensor
+    *[ctypes.c_double] * 2,  # 1 - t, t
+    ctypes.c_void_p,  # torch's vector square root, or NULL
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
+
+#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
+#: many elements; below it a call never starts a thread.
+MIN_NUMEL_PER_THREAD = 1 << 20
+
+
+@functools.cache
+def _function(dtype: torch.dtype) -> Any:
+    return _entry.typed("pyroopt_adagrad_rmsprop", dtype, _ARGTYPES)
+
+
+def adagrad_rmsprop_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    sums: Sequence[Tensor],
+    fresh: Sequence[bool],
+    neg_lrs: Sequence[float],
+    *,
+    t: float,
+) -> bool:
+    """One AdagradRMSProp step of every tensor in place; ``False`` (nothing changed) if
+    it cannot run.
+
+    ``neg_lrs`` holds each tensor's ``-lr``, pyro's ``eta * step ** (-0.5 + delta)``
+    negated; on a tensor's first step (``fresh``) its sum becomes ``g * g``, whatever
+    ``sums`` holds. It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+    """
+    if not (len(fresh) == len(neg_lrs) == len(params)):
+        raise ValueError(f"{len(fresh)} flags and {len(neg_lrs)} rates for {len(params)} tensors")
+    if not params:
+        return True
+    function = _function(params[0].dtype)
+    if function is None:
+        return False
+    numels = _entry.numels_if_runs((params, grads, sums))
+    if numels is None:
+        return False
+    function(
+        len(params),
+        _entry.pointers(params),
+        _entry.pointers(grads),
+        _entry.pointers(sums),
+        _entry.int64s(numels),
+        _entry.flags(fresh),
+        _entry.doubles(neg_lrs),
+        1.0 - t,
+        t,
+        _entry.sqrt_function(params[0].dtype),
+        _entry.threads(),
+        MIN_NUMEL_PER_THREAD,
+    )
+    _entry.mark_modified([*params, *sums])
+    return True

@@ -1,0 +1,110 @@
+r"""RMSprop in one pass over memory: the typed entry to ``pyroopt_rmsprop_*`` in
+:file:`rmsprop.c`.
+
+Computes exactly what :class:`torch.optim.RMSprop`'s single-tensor loop computes (see
+:mod:`pyroopt.kernels.rmsprop` for the math), bitwise equal in float32 and float64, on
+contiguous CPU tensors.
+
+Example::
+
+    >>> import torch
+    >>> p, g, v = torch.zeros(2), torch.tensor([1.0, -2.0]), torch.zeros(2)
+    >>> rmsprop_update([p], [g], [v], [], [], lr=0.01, alpha=0.99, eps=1e-8,
+    ...                weight_decay=0.0, momentum=0.0, centered=False, maximize=False)
+    True
+    >>> p  # g / sqrt(0.01 g^2) = 10 sign(g)
+    tensor([-0.1000,  0.1000])
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.native import _entry
+
+_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 5,  # params, grads, square_avg, grad_avg, momentum_buffer
+    _entry.INT64S,  # numels
+    *[ctypes.c_double] * 6,  # lr, alpha, 1 - alpha, eps, weight_decay, momentum
+    ctypes.c_int,  # centered
+    ctypes.c_int,  # maximize
+    ctypes.c_void_p,  # torch's vector square root, or NULL
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
+
+#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
+#: many elements; below it a call never starts a thread.
+MIN_NUMEL_PER_THREAD = 1 << 20
+
+
+@functools.cache
+def _function(dtype: torch.dtype) -> Any:
+    return _entry.typed("pyroopt_rmsprop", dtype, _ARGTYPES)
+
+
+def rmsprop_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    square_avgs: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    bufs: Sequence[Tensor],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+) -> bool:
+    """One RMSprop step of every tensor in place; ``False`` (nothing changed) if it
+    cannot run.
+
+    ``grad_avgs`` (torch's ``grad_avg``) are used only when ``centered``, ``bufs``
+    (``momentum_buffer``) only when ``momentum > 0``; otherwise they may be empty.
+    It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+    """
+    if not params:
+        return True
+    function = _function(params[0].dtype)
+    if function is None:
+        return False
+    with_momentum = momentum > 0
+    lists = [params, grads, square_avgs]
+    if centered:
+        lists.append(grad_avgs)
+    if with_momentum:
+        lists.append(bufs)
+    numels = _entry.numels_if_runs(lists)
+    if numels is None:
+        return False
+    function(
+        len(params),
+        _entry.pointers(params),
+        _entry.pointers(grads),
+        _entry.pointers(square_avgs),
+        _entry.pointers(grad_avgs if centered else params),  # not read unless centered
+        _entry.pointers(bufs if with_momentum else params),  # not read without momentum
+        _entry.int64s(numels),
+        lr,
+        alpha,
+        1 - alpha,
+        eps,
+        weight_decay,
+        momentum,
+        int(centered),
+        int(maximize),
+        _entry.sqrt_function(params[0].dtype),
+        _entry.threads(),
+        MIN_NUMEL_PER_THREAD,
+    )
+    _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
+    return True

@@ -1,0 +1,104 @@
+r"""SGD in one pass over memory: the typed entry to ``pyroopt_sgd_*`` in :file:`sgd.c`.
+
+Computes exactly what :class:`torch.optim.SGD`'s single-tensor loop computes (see
+:mod:`pyroopt.kernels.sgd` for the math), bitwise equal in float32 and float64, on
+contiguous CPU tensors.
+
+Example::
+
+    >>> import torch
+    >>> p, g, buf = torch.zeros(2), torch.tensor([1.0, -2.0]), torch.zeros(2)
+    >>> sgd_update([p], [g], [buf], [True], lr=0.1, momentum=0.9, dampening=0.0,
+    ...            weight_decay=0.0, nesterov=False, maximize=False)
+    True
+    >>> p, buf  # the first step takes the gradient as the buffer
+    (tensor([-0.1000,  0.2000]), tensor([ 1., -2.]))
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.native import _entry
+
+_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 3,  # params, grads, momentum buffers
+    _entry.INT64S,  # numels
+    _entry.FLAGS,  # fresh: first step, the buffer takes the gradient
+    *[ctypes.c_double] * 4,  # lr, weight_decay, momentum, 1 - dampening
+    ctypes.c_int,  # nesterov
+    ctypes.c_int,  # maximize
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
+
+#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
+#: many elements; below it a call never starts a thread.
+MIN_NUMEL_PER_THREAD = 1 << 20
+
+
+@functools.cache
+def _function(dtype: torch.dtype) -> Any:
+    return _entry.typed("pyroopt_sgd", dtype, _ARGTYPES)
+
+
+def sgd_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    bufs: Sequence[Tensor],
+    fresh: Sequence[bool],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> bool:
+    """One SGD step of every tensor in place; ``False`` (nothing changed) if it cannot run.
+
+    ``bufs`` are torch's ``momentum_buffer`` (not read or written, and may be empty,
+    when ``momentum`` is 0). On a tensor's first step (``fresh``) its buffer becomes
+    its gradient, as torch clones it, whatever ``bufs`` holds.
+
+    It runs when the native library is loaded and all tensors are contiguous (and not
+    lazily negated), on the CPU, and of one dtype, float32 or float64, with matching
+    sizes. Every tensor it writes is marked modified for autograd.
+    """
+    if len(fresh) != len(params):
+        raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
+    if not params:
+        return True
+    function = _function(params[0].dtype)
+    if function is None:
+        return False
+    with_momentum = momentum != 0
+    lists = (params, grads, bufs) if with_momentum else (params, grads)
+    numels = _entry.numels_if_runs(lists)
+    if numels is None:
+        return False
+    function(
+        len(params),
+        _entry.pointers(params),
+        _entry.pointers(grads),
+        _entry.pointers(bufs if with_momentum else params),  # not read without momentum
+        _entry.int64s(numels),
+        _entry.flags(fresh),
+        lr,
+        weight_decay,
+        momentum,
+        1 - dampening,
+        int(nesterov),
+        int(maximize),
+        _entry.threads(),
+        MIN_NUMEL_PER_THREAD,
+    )
+    _entry.mark_modified([*params, *bufs] if with_momentum else params)
+    return True

@@ -1,0 +1,28 @@
+/* The square roots of the native loops, as torch takes them; see below. */
+#ifndef PYROOPT_VSQRT_H
+#define PYROOPT_VSQRT_H
+
+#include <math.h>
+#include <stdint.h>
+
+/* torch takes the square root of a float32/float64 CPU tensor with MKL's vector
+ * library (vmsSqrt/vmdSqrt, high-accuracy mode: within 1 ulp, not always correctly
+ * rounded) where it was built with MKL. The caller passes that function (NULL: torch
+ * uses the correctly rounded sqrt, as libm does), and the loop runs in blocks: the
+ * values under the root for a block, its roots in one call, then the rest. */
+typedef void (*vsqrt_f32)(int n, const float *a, float *r, long long mode);
+typedef void (*vsqrt_f64)(int n, const double *a, double *r, long long mode);
+#define PYROOPT_VML_MODE (0x2LL | 0x00140000LL | 0x100LL) /* VML_HA | FTZDAZ_OFF | ERRMODE_IGNORE */
+#define PYROOPT_SQRT_BLOCK 512 /* elements: a block of every stream stays in L1 */
+#define DEFINE_BLOCK_SQRT(SUFFIX, T, SQRT)                                             \
+    static inline void block_sqrt_##SUFFIX(vsqrt_##SUFFIX fn, T *x, int64_t n) {       \
+        if (fn) {                                                                      \
+            fn((int)n, x, x, PYROOPT_VML_MODE);                                                \
+        } else {                                                                       \
+            for (int64_t i = 0; i < n; ++i) x[i] = SQRT(x[i]);                         \
+        }                                                                              \
+    }
+DEFINE_BLOCK_SQRT(f32, float, sqrtf)
+DEFINE_BLOCK_SQRT(f64, double, sqrt)
+
+#endif
