@@ -7,34 +7,232 @@ pyro.optim's ``save`` writes, so files move freely between the two.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+#: A temporary file beside a target counts as left by a killed save only once it has
+#: not been written for this long (and, where file locks exist, no live save holds it).
+STALE_TEMP_AGE_S = 5.0
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # os.umask can only be read by setting it; the lock keeps our own threads from
+    # seeing the temporary value (other code creating files at this instant could).
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _temp_pattern(basename: str) -> re.Pattern[str]:
+    # tempfile.mkstemp's names: the prefix, 8 characters from [a-z0-9_], the suffix
+    return re.compile(re.escape(f".{basename}.") + r"[a-z0-9_]{8}" + re.escape(".tmp"))
+
+
+def _remove_stale_temps(folder: str, basename: str) -> None:
+    """Delete ``.BASENAME.XXXXXXXX.tmp`` files that a killed save of this target left.
+
+    Two savers of one target may run at once (each writes its own temporary file and
+    the last rename wins), so a temporary file is removed only when no save is writing
+    it: no live process holds its lock (a save holds an exclusive ``flock`` on its
+    temporary file until the rename; the system drops it when the process dies) and
+    it has not been written for :data:`STALE_TEMP_AGE_S` seconds (which covers the
+    instant between a save creating its file and locking it). Without ``fcntl``
+    (Windows) only the age counts, and an open file cannot be deleted there anyway.
+    Best effort: anything that fails is left alone.
+    """
+    pattern = _temp_pattern(basename)
+    try:
+        names = [n for n in os.listdir(folder) if pattern.fullmatch(n)]
+    except OSError:
+        return
+    for name in names:
+        candidate = os.path.join(folder, name)
+        try:
+            fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live save is writing it
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < STALE_TEMP_AGE_S:
+                continue
+            with contextlib.suppress(OSError):
+                if os.path.samestat(st, os.stat(candidate, follow_symlinks=False)):
+                    os.unlink(candidate)
+        finally:
+            os.close(fd)  # drops the lock
+
+
+class _RecordingWriter:
+    """The file object torch writes through, remembering the OSError it raised.
+
+    torch replaces a failed write's ``OSError`` (say, ``No space left on device``) by
+    its own ``RuntimeError: unexpected pos ...``; this keeps the cause to report.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)  # type: ignore[no-any-return]
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _describe(path: str, target: str) -> str:
+    return path if target == os.path.abspath(path) else f"{path} (a link to {target})"
+
+
+def _save_error(e: BaseException, recorded: OSError | None, path: str, target: str) -> Exception:
+    """The error to raise for a failed save: the same kind, naming the target."""
+    where = _describe(path, target)
+    cause: BaseException = recorded if recorded is not None else e
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        # OSError(errno, ...) makes the matching subclass (FileNotFoundError, ...)
+        return OSError(cause.errno, f"cannot save {where}: {reason}")
+    try:
+        return type(e)(f"cannot save {where}: {e}")
+    except Exception:  # an exception class that takes other arguments
+        e.add_note(f"while saving {where}")
+        return e  # type: ignore[return-value]
+
+
+def _check_folder(path: str, target: str, folder: str) -> None:
+    if not os.path.exists(folder):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot save {_describe(path, target)}: its folder {folder} does not exist",
+        )
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"cannot save {_describe(path, target)}: {folder} is not a folder",
+        )
+    if os.path.isdir(target):
+        raise IsADirectoryError(
+            errno.EISDIR, f"cannot save {_describe(path, target)}: it is a folder"
+        )
+
 
 def save_atomic(obj: Any, filename: str | os.PathLike[str]) -> None:
     """``torch.save(obj, filename)`` such that a crash leaves the old file or the new one.
 
-    Writes a temporary file in the same folder, flushes and fsyncs it, then renames it
-    over ``filename`` (an atomic replace on POSIX and Windows).
+    Writes a temporary file ``.NAME.XXXXXXXX.tmp`` in the target's folder, flushes and
+    fsyncs it, then renames it over the target (an atomic replace on POSIX and
+    Windows). On failure the target is untouched and the temporary file is removed.
+
+    - A symbolic link is followed: its target file is replaced and the link stays.
+    - The file gets the mode ``open(filename, "wb")`` would give: an existing file
+      keeps its mode (and, where permitted, its owner), as with pyro.optim's
+      ``torch.save``; a new one gets ``0o666`` less the umask.
+    - Temporary files that an earlier, killed save of the same target left behind
+      are removed first (see :func:`_remove_stale_temps` for which).
+    - A target that is not a regular file (``/dev/null``, a FIFO) cannot be replaced
+      atomically; it is written in place, as ``torch.save`` would.
+    - Every error names the target and the cause, e.g. ``OSError: [Errno 28] cannot
+      save /data/optim.pt: No space left on device``; errors from the file system
+      stay ``OSError`` (``FileNotFoundError`` for a missing folder,
+      ``PermissionError`` for an unwritable one), others keep their type.
     """
     path = os.fspath(filename)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     try:
+        existing: os.stat_result | None = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        if stat.S_ISDIR(existing.st_mode):
+            _check_folder(path, target, folder)
+        _save_in_place(obj, path, target)
+        return
+    _check_folder(path, target, folder)
+    _remove_stale_temps(folder, os.path.basename(target))
+    tmp: str | None = None
+    writer: _RecordingWriter | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder
+        )
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # "being written": see above
+            if existing is not None:
+                if (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
+                    with contextlib.suppress(OSError):
+                        os.fchown(f.fileno(), existing.st_uid, existing.st_gid)
+                os.fchmod(f.fileno(), stat.S_IMODE(existing.st_mode))
+            else:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            if fcntl is not None:
+                os.replace(tmp, target)  # still locked: no cleaner takes it before this
+        if fcntl is None:
+            os.replace(tmp, target)  # Windows renames only closed files
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not isinstance(e, Exception):
+            raise
+        error = _save_error(e, writer.error if writer else None, path, target)
+        if error is e:
+            raise
+        raise error from e
     _fsync_folder(folder)
+
+
+def _save_in_place(obj: Any, path: str, target: str) -> None:
+    writer: _RecordingWriter | None = None
+    try:
+        with open(target, "wb") as f:
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)  # type: ignore[arg-type]
+    except Exception as e:
+        error = _save_error(e, writer.error if writer else None, path, target)
+        if error is e:
+            raise
+        raise error from e
 
 
 def _fsync_folder(folder: str) -> None:
