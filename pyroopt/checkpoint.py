@@ -106,7 +106,7 @@ class _RecordingWriter:
 
     def write(self, data: Any) -> int:
         try:
-            return self._f.write(data)  # type: ignore[no-any-return]
+            return self._f.write(data)
         except OSError as e:
             self.error = e
             raise
@@ -116,10 +116,10 @@ class _RecordingWriter:
 
 
 def _describe(path: str, target: str) -> str:
-    return path if target == os.path.abspath(path) else f"{path} (a link to {target})"
+    return f"{path} (a link to {target})" if os.path.islink(path) else path
 
 
-def _save_error(e: BaseException, recorded: OSError | None, path: str, target: str) -> Exception:
+def _save_error(e: Exception, recorded: OSError | None, path: str, target: str) -> Exception:
     """The error to raise for a failed save: the same kind, naming the target."""
     where = _describe(path, target)
     cause: BaseException = recorded if recorded is not None else e
@@ -130,8 +130,10 @@ def _save_error(e: BaseException, recorded: OSError | None, path: str, target: s
     try:
         return type(e)(f"cannot save {where}: {e}")
     except Exception:  # an exception class that takes other arguments
-        e.add_note(f"while saving {where}")
-        return e  # type: ignore[return-value]
+        add_note = getattr(e, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"while saving {where}")
+        return e
 
 
 def _check_folder(path: str, target: str, folder: str) -> None:
@@ -319,6 +321,37 @@ def load_state(
     return {k: v for k, v in state.items() if k != METADATA_KEY}
 
 
+def apply_state(optim: Any, state: Mapping[str, Any], path: str) -> None:
+    """``optim._set_state(state, path)``, with every error naming the file ``path``.
+
+    All or nothing, as ``_set_state`` is.
+    """
+    try:
+        optim._set_state(state, path)
+    except (ValueError, TypeError, KeyError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if path in message:
+            raise
+        raise type(e)(f"{path}: {message}") from e
+
+
+def load_into(
+    optim: Any,
+    filename: str | os.PathLike[str],
+    map_location: Any = None,
+    *,
+    weights_only: bool = True,
+) -> None:
+    """Read ``filename`` (:func:`load_state`) and set it as ``optim``'s state.
+
+    What ``PyroOptim.load`` does, except that every error, including one that only
+    applying the state finds (a file of another optimizer, state shaped unlike its
+    parameter), names the file.
+    """
+    path = os.fspath(filename)
+    apply_state(optim, load_state(path, map_location, weights_only=weights_only), path)
+
+
 def _constraint_classes() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """Constraint classes a param store's state holds: plain data, safe to unpickle."""
     import pyro.distributions.constraints as pyro_constraints
@@ -404,8 +437,13 @@ def load_training(
     :func:`save_training`'s file.
 
     Loads safely by default: the file may hold tensors, plain values and constraint
-    objects only. The param store is replaced only once the whole file has been read
-    and checked.
+    objects only. All or nothing: the whole file is read and checked before anything
+    changes (each optimizer entry's state must have the shape of the parameter of
+    its name, the file's or else the store's; entries for names in neither wait for
+    their parameter), and if applying the optimizer state still fails, the param
+    store and the random generators are put back as they were. Every error names the
+    file. Like Pyro's ``param_store.set_state``, the file's parameters are added to
+    the store, replacing those of the same name; others stay.
     """
     import pyro
 
@@ -419,14 +457,94 @@ def load_training(
         )
     _check_metadata(path, state, "training")
     store = state["param_store"]
-    if not (isinstance(store, Mapping) and {"params", "constraints"} <= set(store)):
-        raise ValueError(f"{path}: its 'param_store' entry is not a Pyro param store state")
-    for name, param_state in state["optimizer"].items():
-        optim._check_state(name, param_state, path)
-    pyro.get_param_store().set_state(dict(store))  # type: ignore[arg-type]
-    optim._set_state(state["optimizer"], path)
+    if not (
+        isinstance(store, Mapping)
+        and set(store) == {"params", "constraints"}
+        and isinstance(store["params"], Mapping)
+        and isinstance(store["constraints"], Mapping)
+    ):
+        raise ValueError(
+            f"{path}: its 'param_store' entry is not a Pyro param store state "
+            "(a dict with 'params' and 'constraints' dicts)"
+        )
+    for name, value in store["params"].items():
+        if not (isinstance(name, str) and isinstance(value, torch.Tensor)):
+            raise ValueError(
+                f"{path}: the param store's params must map names to tensors; found "
+                f"{name!r}: {type(value).__name__}"
+            )
+    optimizer_state = state["optimizer"]
+    if not isinstance(optimizer_state, Mapping):
+        raise ValueError(
+            f"{path}: its 'optimizer' entry must be a dict of {{param_name: state}}, "
+            f"found {type(optimizer_state).__name__}"
+        )
     if "rng" in state:
-        set_rng_state(state["rng"])
+        _check_rng_state(path, state["rng"])
+    param_store = pyro.get_param_store()
+    store_before = param_store.get_state()  # unconstrained values, by name
+    for name, param_state in optimizer_state.items():
+        optim._check_state(name, param_state, path)
+        param = store["params"].get(name)
+        if param is None:  # the store's parameter of that name stays
+            param = store_before["params"].get(name)
+        if param is not None:
+            _check_entry_shapes(path, name, param_state, param)
+
+    rng_before = rng_state()
+    try:
+        param_store.set_state(
+            {"params": dict(store["params"]), "constraints": dict(store["constraints"])}
+        )
+        apply_state(optim, optimizer_state, path)
+        if "rng" in state:
+            set_rng_state(state["rng"])
+    except BaseException:
+        param_store.clear()
+        param_store.set_state(store_before)
+        set_rng_state(rng_before)
+        raise
+
+
+def _check_rng_state(path: str, rng: Any) -> None:
+    ok = (
+        isinstance(rng, Mapping)
+        and {"torch", "python", "numpy"} <= set(rng)
+        and isinstance(rng["torch"], torch.Tensor)
+        and isinstance(rng["python"], (tuple, list))
+        and len(rng["python"]) == 3
+        and isinstance(rng["numpy"], (tuple, list))
+        and len(rng["numpy"]) == 5
+        and isinstance(rng["numpy"][1], torch.Tensor)
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: its 'rng' entry is not the random generators' state that "
+            "save_training writes ('torch', 'python' and 'numpy' entries)"
+        )
+
+
+def _check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: Any) -> None:
+    """Raise ``ValueError`` unless ``entry``'s parameter-shaped tensors fit ``param``."""
+    from pyroopt.engine import PARAM_SHAPED_STATE
+
+    inner = entry["optimizer"] if "scheduler" in entry and "optimizer" in entry else entry
+    per_param = inner.get("state") if isinstance(inner, Mapping) else None
+    if not isinstance(per_param, Mapping):
+        return  # _check_state has judged the layout
+    for values in per_param.values():
+        if not isinstance(values, Mapping):
+            continue
+        for key, value in values.items():
+            if key not in PARAM_SHAPED_STATE:
+                continue
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+            if shape != tuple(param.shape):
+                raise ValueError(
+                    f"{path}: the optimizer state of {name!r} does not fit the parameter: "
+                    f"its {key!r} has shape {shape}, but {name!r} has shape "
+                    f"{tuple(param.shape)} (did the model change?); nothing was loaded"
+                )
 
 
 def check_param_state(name: Any, state: Any, where: str = "state") -> None:
