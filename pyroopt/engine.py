@@ -380,7 +380,10 @@ class RuleBucket(Bucket):
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
         saved = state_dict["state"].get(0, {})
         i = self.index[id(param)]
-        if not saved:
+        if not saved:  # never stepped: as a new parameter, zero moments and count
+            with torch.no_grad():
+                for view in self._state_views(param).values():
+                    view.zero_()
             self.steps[i] = 0
             return
         missing = [k for k in self.keys if k not in saved]

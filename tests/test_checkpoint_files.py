@@ -328,11 +328,6 @@ def test_state_shaped_unlike_the_parameters_names_the_file(tmp_path):
     _assert_same_optimizer_state(optim.get_state(), before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PyroOptim.load (optim.py) must call checkpoint.load_into; _set_state's "
-    "messages do not include its `where`",
-)
 def test_pyro_optim_load_names_the_file_of_another_optimizer_class(tmp_path):
     fresh_store()
     path = tmp_path / "sgd.pt"

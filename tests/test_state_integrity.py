@@ -424,3 +424,21 @@ def test_old_and_new_tensor_of_one_name_in_one_call_both_step_as_pyro_optim():
             optim([old, new])
         out.append((old.detach().clone(), new.detach().clone()))
     assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+def test_loading_an_empty_state_resets_moments_as_well_as_the_count():
+    fresh_store()
+    p = pyro.param("w", torch.ones(3)).unconstrained()
+    optim = pyroopt.Adam({"lr": 0.1})
+    p.grad = torch.ones(3)
+    optim([p])
+    view = optim.optim_objs[p]
+    fresh = {"state": {}, "param_groups": view.state_dict()["param_groups"]}
+    view.load_state_dict(fresh)
+    p.grad = torch.ones(3)
+    before = p.detach().clone()
+    optim([p])
+    reference = before.clone().requires_grad_()
+    reference.grad = torch.ones(3)
+    torch.optim.Adam([reference], lr=0.1, foreach=False).step()
+    assert torch.equal(p.detach(), reference.detach())
