@@ -55,8 +55,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
 from collections import defaultdict
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, ClassVar
 
 import torch
@@ -181,7 +181,7 @@ def _structure(constructor: type[Optimizer], group: Group) -> tuple[Any, ...]:
     )
 
 
-class _EngineState(MutableMapping):  # type: ignore[type-arg]
+class _EngineState(MutableMapping):
     """``optimizer.state`` read from and written to the engine's buckets.
 
     Behaves like torch's ``defaultdict(dict)``: ``state[p]`` of a parameter without
@@ -250,7 +250,7 @@ class _EngineState(MutableMapping):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         self.flush()
         pairs: list[tuple[Any, Any]] = []
         for plan in self._owner._plans:
@@ -319,9 +319,7 @@ class _EngineOptimizer(Optimizer):
             states.update(self._forget(plans[i]))
         kept = {i: plan for i, plan in enumerate(plans) if i not in stale and i < len(groups)}
         self._groups_list = groups
-        self._plans = [
-            kept[i] if i in kept else self._plan(i, states) for i in range(len(groups))
-        ]
+        self._plans = [kept[i] if i in kept else self._plan(i, states) for i in range(len(groups))]
 
     def _reset(self, param: Tensor) -> None:
         """Forget ``param``'s state (``del optimizer.state[param]``)."""
@@ -340,7 +338,7 @@ class _EngineOptimizer(Optimizer):
             self._engine_reset()
         self._refresh()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()`` if given.
 
         The closure is evaluated once, with gradients enabled, before any update.
@@ -379,7 +377,7 @@ class _EngineOptimizer(Optimizer):
                         bucket.group = group
                 hyper = _hyper(group)
                 for p in plan.params_list:
-                    if p in loaded and loaded[p]:
+                    if loaded.get(p):
                         self._where[id(p)].load_state_dict(p, one_param_state(loaded[p], hyper))
             self._plans = reusable
             return
