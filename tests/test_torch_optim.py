@@ -399,3 +399,65 @@ def test_errors_name_the_value():
     opt = pt.Adam([torch.zeros(1, requires_grad=True)])
     with pytest.raises(TypeError, match="list"):
         opt.state[opt.param_groups[0]["params"][0]] = [1]
+
+
+def test_elbo_module_parameters_created_later():
+    """A guide that creates a parameter on a later call: the user adds it with
+    add_param_group (Pyro's svi_lightning.py instead calls the loss once before making
+    the optimizer, which needs nothing more); both optimizers give the same numbers."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import Trace_ELBO
+    from pyro.nn import PyroModule
+
+    class Model(PyroModule):
+        grow = False
+
+        def forward(self, data):
+            loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+            if self.grow:
+                loc = loc + pyro.sample("extra", dist.Normal(0.0, 1.0))
+            with pyro.plate("data", len(data)):
+                pyro.sample("obs", dist.Normal(loc, 1.0), obs=data)
+
+    class Guide(PyroModule):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.loc_q = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, data):
+            pyro.sample("loc", dist.Normal(self.loc_q, 0.5))
+            if self.model.grow:
+                if not hasattr(self, "extra_q"):  # created on first use
+                    self.extra_q = torch.nn.Parameter(torch.zeros(2).sum())
+                pyro.sample("extra", dist.Normal(self.extra_q, 0.5))
+
+    results = []
+    data = torch.randn(20, generator=torch.Generator().manual_seed(0)) + 1.0
+    for cls in (torch.optim.Adam, pt.Adam):
+        with pyro.settings.context(module_local_params=True):
+            pyro.set_rng_seed(0)
+            model = Model()
+            guide = Guide(model)
+            elbo = Trace_ELBO()(model, guide)
+            opt = cls(elbo.parameters(), lr=0.05)
+            losses = []
+            for step in range(40):
+                if step == 20:
+                    model.grow = True
+                opt.zero_grad()
+                loss = elbo(data)
+                loss.backward()
+                if step == 20:  # the new parameter has its gradient: it joins now
+                    known = {id(p) for g in opt.param_groups for p in g["params"]}
+                    new = [p for p in elbo.parameters() if id(p) not in known]
+                    assert len(new) == 1
+                    opt.add_param_group({"params": new, "lr": 0.1})
+                opt.step()
+                losses.append(loss.detach())
+            results.append((losses, [p.detach().clone() for p in elbo.parameters()]))
+    (la, pa), (lb, pb) = results
+    assert len(pa) == 2
+    assert all(map(torch.equal, la, lb))
+    assert all(map(torch.equal, pa, pb))
