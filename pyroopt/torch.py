@@ -91,8 +91,12 @@ __all__ = [
 Group = dict[str, Any]
 
 
+#: entries of a param group that are not hyperparameters
+_NOT_HYPER = ("params", "param_names")
+
+
 def _hyper(group: Group) -> Group:
-    return {k: v for k, v in group.items() if k != "params"}
+    return {k: v for k, v in group.items() if k not in _NOT_HYPER}
 
 
 class _GroupPlan:
@@ -149,7 +153,7 @@ class _GroupPlan:
                 inner.update(copy if copy is not None else _hyper(group))
                 bucket.step(bucket.params)
                 if self.advancing and i == 0:
-                    group.update({k: v for k, v in inner.items() if k != "params"})
+                    group.update(_hyper(inner))
             elif isinstance(bucket, PerParamBucket):  # not reached for these classes
                 for opt in bucket.optimizers.values():
                     opt.param_groups[0].update(_hyper(group))

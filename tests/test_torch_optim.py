@@ -461,3 +461,26 @@ def test_elbo_module_parameters_created_later():
     assert len(pa) == 2
     assert all(map(torch.equal, la, lb))
     assert all(map(torch.equal, pa, pb))
+
+
+@pytest.mark.parametrize("impl", [{}, {"foreach": True}], ids=["default", "foreach"])
+def test_named_parameters_and_round_trip(impl):
+    m1 = torch.nn.Linear(3, 2)
+    m2 = copy.deepcopy(m1)
+    a = pt.Adam(m1.named_parameters(), lr=0.1, **impl)
+    b = torch.optim.Adam(m2.named_parameters(), lr=0.1, **impl)
+
+    def steps(n):
+        for _ in range(n):
+            for m, o in ((m1, a), (m2, b)):
+                o.zero_grad()
+                m(torch.ones(4, 3)).pow(2).sum().backward()
+                o.step()
+
+    steps(5)
+    a.load_state_dict(copy.deepcopy(b.state_dict()))
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    steps(5)
+    assert all(torch.equal(x, y) for x, y in zip(m1.parameters(), m2.parameters(), strict=True))
+    assert a.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+    assert_same_state(a, b)
