@@ -484,3 +484,15 @@ def test_named_parameters_and_round_trip(impl):
     assert all(torch.equal(x, y) for x, y in zip(m1.parameters(), m2.parameters(), strict=True))
     assert a.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
     assert_same_state(a, b)
+
+
+def test_small_buckets_step_on_one_thread_and_restore_the_count():
+    threads = torch.get_num_threads()
+    seen = []
+    w = torch.ones(10, requires_grad=True)
+    opt = pt.Adam([w], lr=0.1)
+    opt.register_step_post_hook(lambda *_: seen.append(torch.get_num_threads()))
+    w.grad = torch.ones(10)
+    opt.step()
+    assert torch.get_num_threads() == threads == seen[0]
+    assert opt._plans[0].serial == [True]
