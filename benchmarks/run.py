@@ -32,6 +32,9 @@ from benchmarks.goals import goal_table
 from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
 from benchmarks.svi_step import SviResult, time_svi
 from benchmarks.timing import Plan
+from benchmarks.torch_optim import run_torch_optim
+from benchmarks.torch_optim import table as torch_optim_table
+from benchmarks.torch_optim import to_json as torch_optim_json
 
 SEED = 0
 
@@ -206,10 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     steps = run_optimizer_steps(settings.steps)
     svi = run_svi(settings.svi)
+    torch_rows = run_torch_optim(settings.steps)
+    print("  pyroopt.torch vs torch.optim (Adam step, ELBOModule step)", flush=True)
     dist_rows = [] if args.no_distributed else run_distributed(settings.svi.repeats)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
     print_report(steps, svi)
+    print("\npyroopt.torch vs torch.optim: median ms per step (x: torch's time / ours)")
+    print(torch_optim_table(torch_rows))
+    meta["torch_optim"] = torch_optim_json(torch_rows)
     if dist_rows:
         print("\nDistributed SVI step, 2 workers:")
         print(distributed_table(dist_rows))
@@ -218,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())
     failed = failed or any(c.status == "error" for c in svi.columns.values())
+    failed = failed or any(c.status == "error" for r in torch_rows for c in r.columns.values())
     return 1 if failed else 0
 
 

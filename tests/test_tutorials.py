@@ -113,3 +113,11 @@ def test_speed_reads_the_committed_results(tmp_path):
     # many small tensors are where pyroopt gains most: over 10x on the committed file
     assert number(r"largest speed-up: ([\d.]+)x", stdout) > 10
     assert number(r"geometric mean speed-up: ([\d.]+)x", stdout) > 1
+
+
+def test_lightning_elbo(tmp_path):
+    pytest.importorskip("pytorch_lightning")
+    stdout = run_tutorial("08_lightning_elbo.py", tmp_path)
+    assert (tmp_path / "08_lightning_elbo" / "lightning_loss.png").stat().st_size > 10_000
+    assert "identical losses: True" in stdout
+    assert float(re.search(r"final loss: ([\d.]+)", stdout).group(1)) > 0
