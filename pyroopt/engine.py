@@ -228,7 +228,7 @@ class RuleBucket(Bucket):
             self._layout_params = []
         position = super().add(param, sort_key)
         self.steps.insert(position, 0)
-        self._loose[param] = {k: torch.zeros_like(param) for k in self.keys}
+        self._loose[param] = self.rule.initial_state(param, self.group)
         return position
 
     def remove(self, param: Tensor) -> None:
@@ -380,10 +380,11 @@ class RuleBucket(Bucket):
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
         saved = state_dict["state"].get(0, {})
         i = self.index[id(param)]
-        if not saved:  # never stepped: as a new parameter, zero moments and count
+        if not saved:  # never stepped: state and count as for a new parameter
+            initial = self.rule.initial_state(param, self.group)
             with torch.no_grad():
-                for view in self._state_views(param).values():
-                    view.zero_()
+                for key, view in self._state_views(param).items():
+                    view.copy_(initial[key])
             self.steps[i] = 0
             return
         missing = [k for k in self.keys if k not in saved]

@@ -70,6 +70,10 @@ class UpdateRule(ABC):
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         """Names of the per-parameter state tensors, in torch's key names."""
 
+    def initial_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The state tensors of ``param`` before its first step (zeros, for most rules)."""
+        return {k: torch.zeros_like(param) for k in self.state_keys(group)}
+
     @abstractmethod
     def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
         """Update the batch's parameters and state in place. Its gradients may be modified."""
