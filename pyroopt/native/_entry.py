@@ -112,7 +112,7 @@ def call_with_root(function: Any, *args: Any, root: int | None) -> None:
         set_local(ctypes.byref(ctypes.c_int(before)))
 
 
-_DEVICE_TYPE = operator.attrgetter("device.type")
+_IS_CPU = operator.attrgetter("is_cpu")
 _DTYPE = operator.attrgetter("dtype")
 _LAYOUT = operator.attrgetter("layout")
 
@@ -126,7 +126,7 @@ def runs_here(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
     """
     return (
         set(map(_DTYPE, tensors)) <= {dtype}
-        and set(map(_DEVICE_TYPE, tensors)) <= {"cpu"}
+        and all(map(_IS_CPU, tensors))
         and set(map(_LAYOUT, tensors)) <= {torch.strided}
         and all(map(Tensor.is_contiguous, tensors))
         and not any(map(Tensor.is_neg, tensors))
@@ -138,7 +138,9 @@ def numels_if_runs(lists: Sequence[Sequence[Tensor]]) -> list[int] | None:
     """The element counts of ``lists[0]`` if every list runs here in its dtype, with the
     same length and the same counts tensor by tensor; else ``None``."""
     dtype = lists[0][0].dtype
-    if not all(len(ts) == len(lists[0]) and runs_here(ts, dtype) for ts in lists):
+    if any(len(ts) != len(lists[0]) for ts in lists):
+        return None
+    if not runs_here([t for ts in lists for t in ts], dtype):
         return None
     numels = list(map(Tensor.numel, lists[0]))
     if any(list(map(Tensor.numel, ts)) != numels for ts in lists[1:]):
