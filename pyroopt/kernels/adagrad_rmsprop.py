@@ -49,6 +49,8 @@ class AdagradRMSPropRule(UpdateRule):
 
     def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         params, grads, state, steps = batch
+        if not params:
+            return True
         counts = list(steps) if len(steps) > 1 else [steps[0]] * len(params)
         return adagrad_rmsprop_update(
             params,

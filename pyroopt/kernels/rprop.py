@@ -79,6 +79,8 @@ class RpropRule(UpdateRule):
 
     def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
         params, grads, state, steps = batch
+        if not params:
+            return True
         fresh = [t == 1 for t in steps] if len(steps) > 1 else [steps[0] == 1] * len(params)
         return rprop_update(
             params,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +50,20 @@ def typed(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
 
 
 @functools.cache
+def _torch_cpu() -> ctypes.CDLL | None:
+    """torch's CPU library (already loaded), where MKL's functions are exported."""
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                return None
+    return None
+
+
+@functools.cache
 def sqrt_function(dtype: torch.dtype) -> int | None:
     """The address of the square root torch takes of a CPU tensor of ``dtype``, for the
     loops to call on blocks; ``None`` where torch uses the correctly rounded one.
@@ -58,33 +73,61 @@ def sqrt_function(dtype: torch.dtype) -> int | None:
     1 ulp but not always correctly rounded (measured on torch 2.13: 16% of float32
     roots differ from libm's by 1 ulp), so the loops call that same function.
     """
-    if not torch.backends.mkl.is_available() or dtype not in SUFFIXES:
+    lib = _torch_cpu()
+    if lib is None or not torch.backends.mkl.is_available() or dtype not in SUFFIXES:
         return None
     name = {torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}[dtype]
-    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for library in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
-        path = os.path.join(folder, library)
-        if os.path.exists(path):
-            try:
-                function = getattr(ctypes.CDLL(path), name)
-            except (OSError, AttributeError):
-                return None
-            address: int | None = ctypes.cast(function, ctypes.c_void_p).value
-            return address
-    return None
+    try:
+        function = getattr(lib, name)
+        lib.mkl_set_num_threads_local  # noqa: B018 (present, or AttributeError)
+    except AttributeError:
+        return None
+    address: int | None = ctypes.cast(function, ctypes.c_void_p).value
+    return address
+
+
+@functools.cache
+def _mkl_threads_local() -> Any:
+    # torch exports MKL's Fortran-style entry under this name too (every spelling is
+    # one address): it takes a pointer to the count.
+    function = _torch_cpu().mkl_set_num_threads_local  # type: ignore[union-attr]
+    function.argtypes = [ctypes.POINTER(ctypes.c_int)]
+    function.restype = ctypes.c_int
+    return function
+
+
+def call_with_root(function: Any, *args: Any, root: int | None) -> None:
+    """``function(*args)``; with MKL on this thread alone while the loop calls its
+    square root ``root``. (MKL otherwise opens a parallel region for every block's
+    roots: 10 x 1M float32 elements of RMSprop took 0.9-12 s on a busy machine with
+    torch at 2 threads, 10-14 ms with MKL on one.)"""
+    if root is None:
+        function(*args)
+        return
+    set_local = _mkl_threads_local()
+    before = set_local(ctypes.byref(ctypes.c_int(1)))
+    try:
+        function(*args)
+    finally:
+        set_local(ctypes.byref(ctypes.c_int(before)))
+
+
+_IS_CPU = operator.attrgetter("is_cpu")
+_DTYPE = operator.attrgetter("dtype")
+_LAYOUT = operator.attrgetter("layout")
 
 
 def runs_here(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
     """Whether a loop can read ``tensors`` as plain arrays of ``dtype`` in memory.
 
     (A tensor with its negative bit set is a lazily negated view: its memory holds
-    the values before negation; a conjugated one likewise.)
+    the values before negation; a conjugated one likewise.) The checks iterate in C
+    (``map``): a call over a thousand small tensors must stay cheap.
     """
     return (
-        all(
-            t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided
-            for t in tensors
-        )
+        set(map(_DTYPE, tensors)) <= {dtype}
+        and all(map(_IS_CPU, tensors))
+        and set(map(_LAYOUT, tensors)) <= {torch.strided}
         and all(map(Tensor.is_contiguous, tensors))
         and not any(map(Tensor.is_neg, tensors))
         and not any(map(Tensor.is_conj, tensors))
@@ -95,7 +138,9 @@ def numels_if_runs(lists: Sequence[Sequence[Tensor]]) -> list[int] | None:
     """The element counts of ``lists[0]`` if every list runs here in its dtype, with the
     same length and the same counts tensor by tensor; else ``None``."""
     dtype = lists[0][0].dtype
-    if not all(len(ts) == len(lists[0]) and runs_here(ts, dtype) for ts in lists):
+    if any(len(ts) != len(lists[0]) for ts in lists):
+        return None
+    if not runs_here([t for ts in lists for t in ts], dtype):
         return None
     numels = list(map(Tensor.numel, lists[0]))
     if any(list(map(Tensor.numel, ts)) != numels for ts in lists[1:]):
@@ -119,9 +164,12 @@ def doubles(values: Sequence[float]) -> Any:
     return (ctypes.c_double * len(values))(*values)
 
 
-def threads() -> int:
-    """How many threads a loop may use: torch's intra-op count."""
-    return torch.get_num_threads()
+def threads(root: int | None = None) -> int:
+    """How many threads a loop may use: torch's intra-op count, or one for a loop that
+    calls MKL's square root ``root`` (from a thread started for the call, MKL opens a
+    parallel region of its own for every block: 0.6-20 s for 10 x 1M float32 elements
+    of RMSprop on 2 threads on a busy machine, against 13-27 ms on one)."""
+    return 1 if root is not None else torch.get_num_threads()
 
 
 def mark_modified(tensors: Sequence[Tensor]) -> None:

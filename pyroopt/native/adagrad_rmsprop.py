@@ -75,7 +75,9 @@ def adagrad_rmsprop_update(
     numels = _entry.numels_if_runs((params, grads, sums))
     if numels is None:
         return False
-    function(
+    root = _entry.sqrt_function(params[0].dtype)
+    _entry.call_with_root(
+        function,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -85,9 +87,10 @@ def adagrad_rmsprop_update(
         _entry.doubles(neg_lrs),
         1.0 - t,
         t,
-        _entry.sqrt_function(params[0].dtype),
-        _entry.threads(),
+        root,
+        _entry.threads(root),
         MIN_NUMEL_PER_THREAD,
+        root=root,
     )
     _entry.mark_modified([*params, *sums])
     return True

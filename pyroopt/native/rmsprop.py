@@ -86,7 +86,9 @@ def rmsprop_update(
     numels = _entry.numels_if_runs(lists)
     if numels is None:
         return False
-    function(
+    root = _entry.sqrt_function(params[0].dtype)
+    _entry.call_with_root(
+        function,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -102,9 +104,10 @@ def rmsprop_update(
         momentum,
         int(centered),
         int(maximize),
-        _entry.sqrt_function(params[0].dtype),
-        _entry.threads(),
+        root,
+        _entry.threads(root),
         MIN_NUMEL_PER_THREAD,
+        root=root,
     )
     _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
     return True
