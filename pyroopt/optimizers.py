@@ -73,7 +73,7 @@ class RuleOptimizer(Optimizer):
         step: Any = 0
         if self.rule.step_as_tensor:
             step = torch.tensor(0.0, dtype=_get_scalar_dtype())
-        return {"step": step, **{k: torch.zeros_like(p) for k in self.rule.state_keys(group)}}
+        return {"step": step, **self.rule.initial_state(p, group)}
 
     def _state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
         state = self.state[p]
