@@ -314,10 +314,16 @@ def mismatch():
 
 
 if __name__ == "__main__":
-    # "all" runs both in one launch (a launch costs several seconds); the mismatch
-    # comes last so that a hang there cannot hide the other results
-    for scenario, run in (("main", main), ("schedules", schedules), ("mismatch", mismatch)):
-        if SCENARIO in (scenario, "all"):
-            result = run()
-            (OUT / f"{scenario}_{BACKEND}_r{RANK}.json").write_text(json.dumps(result))
-            print(f"rank {RANK} {scenario} done", flush=True)
+    try:
+        # "all" runs both in one launch (a launch costs several seconds); the mismatch
+        # comes last so that a hang there cannot hide the other results
+        for scenario, run in (("main", main), ("schedules", schedules), ("mismatch", mismatch)):
+            if SCENARIO in (scenario, "all"):
+                result = run()
+                (OUT / f"{scenario}_{BACKEND}_r{RANK}.json").write_text(json.dumps(result))
+                print(f"rank {RANK} {scenario} done", flush=True)
+    finally:
+        # no process group (and its gloo threads) left to C++ static destruction at
+        # exit, where a late abort prints "terminate called without an active exception"
+        if BACKEND == "torch" and dist.is_initialized():
+            dist.destroy_process_group()
