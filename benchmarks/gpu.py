@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: use --device cpu (with --quick for a smoke run)")
     torch.set_default_dtype(torch.float32)
+    if device.type == "cpu" and args.quick:
+        torch.set_num_threads(1)  # a smoke run on shared CPUs: fewer threads waiting for one
     clock = Clock(device)
     started = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

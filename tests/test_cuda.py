@@ -63,6 +63,7 @@ from test_lr_scheduler import assert_same_history, run_schedule
 from test_optim import BOUNDARY_SHAPES, CASES, assert_same_trajectory, both
 
 import pyroopt
+from pyroopt import checkpoint
 from pyroopt.seating import _same_storage
 
 CUDA = torch.device("cuda", torch.cuda.current_device())
@@ -130,7 +131,7 @@ def test_parameters_are_seated_in_a_cuda_buffer(dtype):
     assert values is not None, "small parameters should run on flat buffers"
     assert values.buffer.device == CUDA and values.buffer.dtype == dtype
     params = [pyro.get_param_store().get_param(n).unconstrained() for n in ("a", "b", "c")]
-    assert values.seated == params
+    assert {id(p) for p in values.seated} == {id(p) for p in params}
     for p in params:
         assert p.data.device == CUDA and p.grad.device == CUDA
         assert _same_storage(p, values.buffer)
@@ -141,6 +142,13 @@ def test_parameters_are_seated_in_a_cuda_buffer(dtype):
 
 
 # -- checkpoints across devices ----------------------------------------------------------
+def _tensors(state):
+    for entry in state.values():
+        for value in entry["state"].get(0, {}).values():
+            if isinstance(value, torch.Tensor):
+                yield value
+
+
 def test_checkpoint_saved_on_cuda_loads_on_cpu_and_back(tmp_path):
     fresh_store()
     straight = run(lambda: pyro.optim.Adam({"lr": 0.05}), 15)
@@ -148,19 +156,24 @@ def test_checkpoint_saved_on_cuda_loads_on_cpu_and_back(tmp_path):
     first = pyroopt.Adam({"lr": 0.05})
     head = run(lambda: first, 8)
     first.save(tmp_path / "cuda.pt")
-    # on the CPU: the state lands on the CPU
-    on_cpu = pyroopt.Adam({"lr": 0.05})
-    on_cpu.load(tmp_path / "cuda.pt", map_location="cpu")
-    for entry in on_cpu.get_state().values():
-        for value in entry["state"].get(0, {}).values():
-            if isinstance(value, torch.Tensor) and value.numel() > 1:
-                assert value.device.type == "cpu"
-    on_cpu.save(tmp_path / "cpu.pt")
+    assert any(t.device.type == "cuda" for t in _tensors(first.get_state()))
+    # read on the CPU: every tensor lands there; written back from there
+    on_cpu = checkpoint.load_state(tmp_path / "cuda.pt", map_location="cpu")
+    assert all(t.device.type == "cpu" for t in _tensors(on_cpu))
+    checkpoint.save_state(on_cpu, tmp_path / "cpu.pt")
     # and back on CUDA: the trajectory goes on as if never interrupted
     second = pyroopt.Adam({"lr": 0.05})
     second.load(tmp_path / "cpu.pt", map_location=CUDA)
     tail = run(lambda: second, 7, start=8, optim=second)
     assert_same_trajectory(straight, head + tail)
+    # a CPU state loaded without map_location: copied onto the parameters' device
+    fresh_store()
+    head = run(lambda: pyroopt.Adam({"lr": 0.05}), 8)
+    third = pyroopt.Adam({"lr": 0.05})
+    third.load(tmp_path / "cpu.pt")
+    tail = run(lambda: third, 7, start=8, optim=third)
+    assert_same_trajectory(straight, head + tail)
+    assert all(t.device.type == "cuda" for t in _tensors(third.get_state()) if t.numel() > 1)
 
 
 def test_cpu_checkpoint_steps_cuda_parameters(tmp_path):
@@ -175,12 +188,13 @@ def test_cpu_checkpoint_steps_cuda_parameters(tmp_path):
     for name, value in values.items():
         pyro.param(name, value.to(CUDA))
     second = pyroopt.Adam({"lr": 0.05})
-    second.load(tmp_path / "cpu.pt", map_location=CUDA)
-    run(lambda: second, 3, start=6, optim=second)
+    second.load(tmp_path / "cpu.pt")  # no map_location: the state is on the CPU
+    after = run(lambda: second, 3, start=6, optim=second)
     for bucket in second._buckets:
         assert bucket.device == CUDA
         for flat in getattr(bucket, "_flat", {}).values():
             assert flat.device == CUDA
+    assert all(v.device == CUDA and v.isfinite().all() for v in after[-1].values())
 
 
 # -- CPU and CUDA parameters in one optimizer --------------------------------------------
