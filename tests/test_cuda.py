@@ -123,7 +123,12 @@ def test_parameters_are_seated_in_a_cuda_buffer(dtype):
     torch.set_default_dtype(dtype)
     fresh_store()
     optim = pyroopt.Adam({"lr": 0.05})
-    program = Program(shapes={"a": (3,), "b": (2, 3), "c": ()}, no_grad_at={}, not_passed_at={})
+    shapes = {"a": (3,), "b": (2, 3), "c": ()}
+    for i, (name, shape) in enumerate(shapes.items()):
+        # parameters of their own storage: Program's are views of a linspace (their
+        # ``_base`` holds it), which pyroopt rightly refuses to move into a buffer
+        pyro.param(name, torch.full(shape, 0.5 + i))
+    program = Program(shapes=shapes, no_grad_at={}, not_passed_at={})
     run(lambda: optim, 3, program)
     (bucket,) = optim._buckets
     assert bucket.device == CUDA and bucket.dtype == dtype
