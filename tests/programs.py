@@ -42,7 +42,7 @@ class Program:
                 continue
             if name not in pyro.get_param_store():
                 init = torch.linspace(-1.0, 1.0, int(torch.Size(shape).numel())) + 0.1 * i
-                pyro.param(name, init.reshape(shape))
+                pyro.param(name, init.reshape(shape).clone())  # a tensor of its own: seatable
             p = pyro.get_param_store().get_param(name).unconstrained()
             if step in self.no_grad_at.get(name, set()):
                 p.grad = None
