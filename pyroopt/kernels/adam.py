@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,9 +38,12 @@ import torch
 from pyroopt.kernels._coef import addcdiv_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
+from pyroopt.native.adam import adam_update
 
 
 class AdamRule(UpdateRule):
+    has_native = True
+
     def __init__(self, decoupled: bool = False) -> None:
         self.decoupled = decoupled
 
@@ -70,11 +72,30 @@ class AdamRule(UpdateRule):
             torch._foreach_maximum_(state["max_exp_avg_sq"], exp_avg_sqs)
             exp_avg_sqs = state["max_exp_avg_sq"]
         neg_step_size = coef([-lr / (1 - beta1**t) for t in steps])
-        bias_correction2_sqrt = coef([math.sqrt(1 - beta2**t) for t in steps])
+        # torch takes bias_correction2 ** 0.5, not math.sqrt
+        bias_correction2_sqrt = coef([(1 - beta2**t) ** 0.5 for t in steps])
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
+
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, steps = batch
+        return adam_update(
+            params,
+            grads,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state.get("max_exp_avg_sq", ()),
+            steps,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=self.decoupled or group.get("decoupled_weight_decay", False),
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+        )
 
 
 ADAM = AdamRule()

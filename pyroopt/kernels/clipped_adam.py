@@ -29,10 +29,12 @@ import torch
 from pyroopt.kernels._coef import addcdiv_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
+from pyroopt.native.adam import clipped_adam_update
 
 
 class ClippedAdamRule(UpdateRule):
     step_as_tensor = False  # pyro keeps an int
+    has_native = True
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -62,3 +64,19 @@ class ClippedAdamRule(UpdateRule):
         torch._foreach_add_(denom, group["eps"])
         neg_step_size = coef([-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps])
         addcdiv_(params, exp_avgs, denom, neg_step_size)
+
+    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+        params, grads, state, steps = batch
+        return clipped_adam_update(
+            params,
+            grads,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            steps,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            clip_norm=group["clip_norm"],
+            centered_variance=group["centered_variance"],
+        )

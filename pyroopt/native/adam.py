@@ -1,0 +1,202 @@
+r"""Adam, AdamW and Pyro's ClippedAdam in one pass over memory: the typed entries to
+``pyroopt_adam_*`` and ``pyroopt_clipped_adam_*`` in :file:`adam.c`.
+
+Computes exactly what :class:`torch.optim.Adam`'s single-tensor loop and
+:class:`pyro.optim.clipped_adam.ClippedAdam` compute (see :mod:`pyroopt.kernels.adam`
+and :mod:`pyroopt.kernels.clipped_adam` for the math), bitwise equal in float32 and
+float64, on contiguous CPU tensors.
+
+Example::
+
+    >>> import torch
+    >>> p, g, m, v = torch.zeros(2), torch.tensor([1.0, -2.0]), torch.zeros(2), torch.zeros(2)
+    >>> adam_update([p], [g], [m], [v], [], [1], lr=0.1, betas=(0.9, 0.999), eps=1e-8,
+    ...             weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False)
+    True
+    >>> p  # the first step moves each element by lr against the sign of its gradient
+    tensor([-0.1000,  0.1000])
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyroopt.native import _entry
+
+_ADAM_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 5,  # params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
+    _entry.INT64S,  # numels
+    _entry.DOUBLES,  # per tensor: -lr / (1 - beta1^t)
+    _entry.DOUBLES,  # per tensor: (1 - beta2^t) ** 0.5
+    *[ctypes.c_double] * 6,  # 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr wd
+    ctypes.c_int,  # decay: 0 none, 1 L2, 2 decoupled
+    ctypes.c_int,  # amsgrad
+    ctypes.c_int,  # maximize
+    ctypes.c_void_p,  # torch's vector square root, or NULL
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
+_CLIPPED_ARGTYPES = (
+    ctypes.c_int64,  # number of tensors
+    *[_entry.POINTERS] * 4,  # params, grads, exp_avg, exp_avg_sq
+    _entry.INT64S,  # numels
+    _entry.DOUBLES,  # per tensor: -(lr sqrt(1 - beta2^t) / (1 - beta1^t))
+    *[ctypes.c_double] * 7,  # clip_norm, beta1, 1 - beta1, beta2, 1 - beta2, eps, wd
+    ctypes.c_int,  # centered_variance
+    ctypes.c_void_p,  # torch's vector square root, or NULL
+    ctypes.c_int,  # threads
+    ctypes.c_int64,  # elements per thread, at least
+)
+
+#: The loops take a second thread (up to ``torch.get_num_threads()``) for every this
+#: many elements; below it a call never starts a thread.
+MIN_NUMEL_PER_THREAD = 1 << 20
+
+
+@functools.cache
+def _adam_function(dtype: torch.dtype) -> Any:
+    return _entry.typed("pyroopt_adam", dtype, _ADAM_ARGTYPES)
+
+
+@functools.cache
+def _clipped_function(dtype: torch.dtype) -> Any:
+    return _entry.typed("pyroopt_clipped_adam", dtype, _CLIPPED_ARGTYPES)
+
+
+def _per_tensor(steps: Sequence[int], n: int) -> Sequence[int]:
+    if len(steps) == n:
+        return steps
+    if len(steps) == 1:
+        return [steps[0]] * n
+    raise ValueError(f"{len(steps)} step counts for {n} tensors")
+
+
+def adam_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    amsgrad: bool,
+    maximize: bool,
+) -> bool:
+    """One Adam step of every tensor in place; ``False`` (nothing changed) if it cannot run.
+
+    ``steps`` are the counts after this step, one per tensor or one for all.
+    ``max_exp_avg_sqs`` are used only under ``amsgrad`` (else may be empty);
+    ``decoupled`` is AdamW's weight decay. It runs when the native library is loaded and
+    all tensors are contiguous (not lazily negated), on the CPU, of one dtype (float32
+    or float64), with matching sizes. It never writes the gradients.
+    """
+    if not params:
+        return True
+    steps = _per_tensor(steps, len(params))
+    function = _adam_function(params[0].dtype)
+    if function is None:
+        return False
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    if amsgrad:
+        lists.append(max_exp_avg_sqs)
+    numels = _entry.numels_if_runs(lists)
+    if numels is None:
+        return False
+    beta1, beta2 = betas
+    # torch.optim.Adam's own expressions, in Python floats (step_size = lr / bc1, then
+    # negated; bias_correction2 ** 0.5)
+    step_sizes = [-(lr / (1 - beta1**t)) for t in steps]
+    bc2_sqrts = [(1 - beta2**t) ** 0.5 for t in steps]
+    decay = 0 if weight_decay == 0 else (2 if decoupled else 1)
+    function(
+        len(params),
+        _entry.pointers(params),
+        _entry.pointers(grads),
+        _entry.pointers(exp_avgs),
+        _entry.pointers(exp_avg_sqs),
+        _entry.pointers(max_exp_avg_sqs if amsgrad else params),  # read only under amsgrad
+        _entry.int64s(numels),
+        _entry.doubles(step_sizes),
+        _entry.doubles(bc2_sqrts),
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        eps,
+        weight_decay,
+        1 - lr * weight_decay,
+        decay,
+        int(amsgrad),
+        int(maximize),
+        _entry.sqrt_function(params[0].dtype),
+        _entry.threads(),
+        MIN_NUMEL_PER_THREAD,
+    )
+    _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
+    return True
+
+
+def clipped_adam_update(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    clip_norm: float,
+    centered_variance: bool,
+) -> bool:
+    """One step of Pyro's ClippedAdam on every tensor in place (``lr`` already decayed
+    for this call); ``False`` (nothing changed) if it cannot run.
+
+    Like pyro, it clamps the gradients in place to ``[-clip_norm, clip_norm]``. It runs
+    where :func:`adam_update` does.
+    """
+    if not params:
+        return True
+    steps = _per_tensor(steps, len(params))
+    function = _clipped_function(params[0].dtype)
+    if function is None:
+        return False
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    numels = _entry.numels_if_runs(lists)
+    if numels is None:
+        return False
+    beta1, beta2 = betas
+    # pyro's step_size = lr * math.sqrt(bias_correction2) / bias_correction1, negated
+    step_sizes = [-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps]
+    function(
+        len(params),
+        *map(_entry.pointers, lists),
+        _entry.int64s(numels),
+        _entry.doubles(step_sizes),
+        clip_norm,
+        beta1,
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        eps,
+        weight_decay,
+        int(centered_variance),
+        _entry.sqrt_function(params[0].dtype),
+        _entry.threads(),
+        MIN_NUMEL_PER_THREAD,
+    )
+    _entry.mark_modified([t for ts in lists for t in ts])
+    return True
