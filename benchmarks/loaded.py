@@ -18,6 +18,7 @@ tick, which no process on a shared machine is spared).
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -207,6 +208,8 @@ def goal_line(results: list[LoadedResult]) -> str:
                 f"no call may stall: pyroopt max at 100 x 44 under load <= "
                 f"max({MAX_OVER_MEDIAN:g}x median, {FLOOR_MS:g} ms) = {bound:.3f} ms; "
                 f"measured {stats.max_ms:.3f} ms ({stats.max_ms / stats.median_ms:.1f}x "
-                f"median {stats.median_ms:.4f} ms): {verdict}"
+                f"median {stats.median_ms:.4f} ms): {verdict}; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (above 2, the max also "
+                f"holds preemptions by other processes: rerun idle)"
             )
     return "no call may stall: 100 x 44 did not run"
