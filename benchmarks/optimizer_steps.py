@@ -60,6 +60,9 @@ def optimizer_specs() -> list[OptimizerSpec]:
     return [
         OptimizerSpec("Adam", pyro_factory("Adam"), pyroopt.Adam, torch.optim.Adam, {"lr": 1e-3}),
         OptimizerSpec(
+            "AdamW", pyro_factory("AdamW"), pyroopt.AdamW, torch.optim.AdamW, {"lr": 1e-3}
+        ),
+        OptimizerSpec(
             "SGD momentum=0.9",
             pyro_factory("SGD"),
             pyroopt.SGD,
@@ -71,6 +74,9 @@ def optimizer_specs() -> list[OptimizerSpec]:
         ),
         OptimizerSpec(
             "Rprop", pyro_factory("Rprop"), pyroopt.Rprop, torch.optim.Rprop, {"lr": 1e-3}
+        ),
+        OptimizerSpec(
+            "Adagrad", pyro_factory("Adagrad"), pyroopt.Adagrad, torch.optim.Adagrad, {"lr": 1e-3}
         ),
         OptimizerSpec(
             "ClippedAdam",

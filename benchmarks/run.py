@@ -25,7 +25,7 @@ import pyro
 import torch
 
 import pyroopt
-from benchmarks import report
+from benchmarks import churn, loaded, report
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
 from benchmarks.goals import goal_table
@@ -169,7 +169,7 @@ def print_report(steps: Sequence[StepResult], svi: SviResult) -> None:
     """The tables and what stands out in them."""
     print("\nOptimizer step: median ms per step; ratios are time ratios (> 1: right side faster)")
     print(report.step_table(steps))
-    print("\nSpeed goals (issue 4):")
+    print("\nSpeed goals (exact default path):")
     print(goal_table(steps))
     print(f"\nSVI step: model with {svi.n_sites} sample sites, AutoNormal, Trace_ELBO")
     print(report.svi_table(svi))
@@ -192,6 +192,20 @@ def write_outputs(
     report.write_json(json_path, report.to_json(meta, steps, svi))
     report.draw_speedup_chart(steps, chart_path)
     print(f"\nWrote {json_path.resolve()}\nWrote {chart_path.resolve()}")
+
+
+def run_loaded_and_churn(quick: bool, meta: dict[str, Any]) -> None:
+    """The loaded tiny-step rows and the churn rows: run, print, record in ``meta``."""
+    loaded_rows = loaded.time_loaded(loaded.QUICK if quick else loaded.FULL, SEED)
+    print(f"\nAdam under load ({loaded.THREADS} torch threads, a busy loop on another core):")
+    print(loaded.table(loaded_rows))
+    print(loaded.goal_line(loaded_rows))
+    churn_rows = churn.time_churn(churn.QUICK if quick else churn.FULL)
+    print("\nAdam with a churning parameter (median ms per step):")
+    print(churn.table(churn_rows))
+    print("\n".join(churn.goal_lines(churn_rows)))
+    meta["loaded"] = [asdict(r) for r in loaded_rows]
+    meta["churn"] = [asdict(r) for r in churn_rows]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nDistributed SVI step, 2 workers:")
         print(distributed_table(dist_rows))
         meta["distributed"] = [asdict(r) for r in dist_rows]
+    run_loaded_and_churn(args.quick, meta)
     write_outputs(args.out, meta, steps, svi)
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())
