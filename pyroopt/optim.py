@@ -271,8 +271,9 @@ class PyroOptim(pyro.optim.PyroOptim):
                     if (left := [p for p in ps if id(p) not in done])
                 ]
                 continue
-            if bucket.fresh and bucket.advances_group():
-                bucket.fresh = False  # its lr moved: a new parameter would start afresh
+            # A stepped bucket takes no new parameter: its lr may have moved, and a join
+            # would rebuild its buffers, a cost of everything in it for one newcomer.
+            bucket.fresh = False
             if len(pending) > 1:
                 done.update(map(id, bucket_params))
             pending = pending[1:]

@@ -90,15 +90,6 @@ __all__ = [
 
 Group = dict[str, Any]
 
-#: A bucket of at most this many elements steps with one intra-op thread. Its ops are
-#: too small to gain from a second thread, but some (``torch.sqrt`` of a flat buffer of
-#: a few thousand elements) still open an OpenMP parallel region, which on a busy
-#: machine waits for the second thread to be scheduled: measured with other processes
-#: on both cores, Adam at 1000 x 10 took 8-12 ms per step with 2 threads and ~0.6 ms
-#: with one (idle machine: 0.5 ms either way). The numbers are the same: every op is
-#: elementwise.
-SERIAL_MAX_NUMEL = 1 << 16
-
 
 #: entries of a param group that are not hyperparameters
 _NOT_HYPER = ("params", "param_names")
@@ -120,8 +111,6 @@ class _GroupPlan:
         self.advancing = rule is not None and rule.advances_group(group)
         self.rule = rule
         self.buckets: list[Bucket] = []
-        #: per bucket, whether it steps with one intra-op thread (SERIAL_MAX_NUMEL)
-        self.serial: list[bool] = []
         #: per bucket, the dict it reads its hyperparameters from (None: the user's)
         self.copies: list[Group | None] = []
         by_kind: dict[tuple[torch.device, torch.dtype], Bucket] = {}
@@ -139,10 +128,6 @@ class _GroupPlan:
                 self.buckets.append(bucket)
                 self.copies.append(copy)
             bucket.add(p)
-        self.serial = [
-            isinstance(b, RuleBucket) and sum(p.numel() for p in b.params) <= SERIAL_MAX_NUMEL
-            for b in self.buckets
-        ]
 
     def current(self, optimizer_groups: list[Group], index: int) -> bool:
         """Whether this plan still describes the group the user holds."""
@@ -173,13 +158,7 @@ class _GroupPlan:
                 for opt in bucket.optimizers.values():
                     opt.param_groups[0].update(_hyper(group))
                 bucket.step(bucket.params)
-            elif self.serial[i] and (threads := torch.get_num_threads()) > 1:
-                torch.set_num_threads(1)
-                try:
-                    bucket.step(bucket.params)
-                finally:
-                    torch.set_num_threads(threads)
-            else:
+            else:  # a rule bucket (small ones step on one thread: see the engine)
                 bucket.step(bucket.params)
                 if self.advancing and i == 0 and copy is not None:
                     group.update(copy)

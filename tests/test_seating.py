@@ -62,18 +62,27 @@ def test_a_view_taken_before_the_first_step_keeps_following_its_parameter():
     assert not torch.equal(view, torch.zeros(3))
 
 
-def test_a_view_taken_after_seating_survives_a_new_parameter_joining():
+def _bucket_of(optim, param):
+    return optim._table.get(param).bucket
+
+
+def test_a_view_taken_after_seating_survives_a_parameter_leaving():
     params = _params()
     optim = pyroopt.Adam({"lr": 0.1})
     _step(optim, params, 0)
     view = params[2].detach()
+    del pyro.get_param_store()["a"]  # 'a' leaves: its bucket is laid out anew
     late = pyro.param("late", torch.ones(2)).unconstrained()
+    kept = params[1:]
     for step in range(1, 4):
-        _step(optim, [*params, late], step)
+        _step(optim, [*kept, late], step)
     assert torch.equal(view, params[2].detach())
-    # the earlier parameters could not move; the newcomer could be seated
-    values = _bucket_values(optim)
-    assert _holds(values.seated, late) and _holds(values.unseated, params[2])
+    # the parameters left behind could not move: they are copied in and out
+    values = _bucket_of(optim, params[2])._values
+    assert _holds(values.unseated, params[2]) and values.params == kept
+    # the newcomer got a bucket of its own (joining would rebuild the stepped one)
+    assert _bucket_of(optim, late) is not _bucket_of(optim, params[2])
+    assert _bucket_of(optim, late)._values.seated == [late]
 
 
 def test_without_outside_views_parameters_move_and_the_old_buffer_is_freed():
@@ -81,11 +90,13 @@ def test_without_outside_views_parameters_move_and_the_old_buffer_is_freed():
     optim = pyroopt.Adam({"lr": 0.1})
     _step(optim, params, 0)
     old = _bucket_values(optim).buffer
+    del pyro.get_param_store()["a"]
     late = pyro.param("late", torch.ones(2)).unconstrained()
-    _step(optim, [*params, late], 1)
-    values = _bucket_values(optim)
-    assert values.seated == [*params, late]
+    _step(optim, [*params[1:], late], 1)
+    values = _bucket_of(optim, params[1])._values
+    assert values.seated == params[1:]
     assert _storage_users(old) == 1  # only our local name for it is left
+    assert not _holds(optim.optim_objs, params[0])  # retired
 
 
 def test_a_removed_parameter_gets_storage_of_its_own():

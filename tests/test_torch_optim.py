@@ -486,13 +486,20 @@ def test_named_parameters_and_round_trip(impl):
     assert_same_state(a, b)
 
 
-def test_small_buckets_step_on_one_thread_and_restore_the_count():
+def test_small_buckets_step_on_one_thread_and_restore_the_count(monkeypatch):
+    from pyroopt.engine import RuleBucket
+
     threads = torch.get_num_threads()
-    seen = []
+    during = []
+    native = RuleBucket._native
+
+    def recording(self, batch):
+        during.append(torch.get_num_threads())
+        return native(self, batch)
+
+    monkeypatch.setattr(RuleBucket, "_native", recording)
     w = torch.ones(10, requires_grad=True)
     opt = pt.Adam([w], lr=0.1)
-    opt.register_step_post_hook(lambda *_: seen.append(torch.get_num_threads()))
     w.grad = torch.ones(10)
     opt.step()
-    assert torch.get_num_threads() == threads == seen[0]
-    assert opt._plans[0].serial == [True]
+    assert during == [1] and torch.get_num_threads() == threads
