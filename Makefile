@@ -25,6 +25,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh $(
 test: install
 	$(PY) -m pytest
 
+# Everything but the tests marked slow (tutorials, multi-process runs, the wheel build).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
 lint: install
 	$(VENV)/bin/ruff check $(SOURCES)
 	$(VENV)/bin/ruff format --check $(SOURCES)
