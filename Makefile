@@ -12,11 +12,11 @@ install: $(STAMP)
 
 # Rebuilt only when the package metadata, the pins, the horovod build or the C source
 # of the native kernels change, so a second `make install` does nothing.
-$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh $(wildcard pyroopt/native/*.c pyroopt/native/*.h)
+$(STAMP): setup.cfg pyproject.toml constraints.txt pyroopt/horovod_build.py $(wildcard pyroopt/native/*.c pyroopt/native/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch pyro-ppl
-	scripts/install_horovod.sh $(PY)
+	PYTHONPATH=. $(PY) -m pyroopt.horovod_build
 	$(PIP) install --quiet -c constraints.txt -e '.[horovod,test,dev,tutorials]'
 	$(PY) -m pyroopt.native
 	$(PY) -c "import pyroopt, horovod.torch; print('pyroopt', pyroopt.__version__, 'installed in $(VENV)')"
