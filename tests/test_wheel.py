@@ -35,9 +35,9 @@ CHECK = textwrap.dedent(
     pyroopt.Adam({"lr": 0.01}).load(sys.argv[1])
     assert native.library() is not None, native.unavailable_reason()
     p, g = [torch.ones(3)], [torch.tensor([1.0, -1.0, 0.0])]
-    rprop_update(p, g, [torch.zeros(3)], [torch.zeros(3)], [True], lr=0.1,
-                 etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0,
-                 maximize=False)
+    done = rprop_update(p, g, [torch.zeros(3)], [torch.zeros(3)], [True], lr=0.1,
+                        etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), maximize=False)
+    assert done, "the native Rprop step did not run"
     assert torch.allclose(p[0], torch.tensor([0.9, 1.1, 1.0])), p
     print("ok", pyroopt.__file__)
     """
@@ -60,6 +60,16 @@ def test_wheel_installs_and_runs_outside_the_tree(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = str(venv / "bin" / "python")
+    # --system-site-packages reaches the base interpreter's packages only: a path entry
+    # (not the .pth files, so not the editable pyroopt) adds this venv's torch and pyro.
+    site_dir = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = [p for p in sys.path if p.endswith("site-packages") and "torch" in os.listdir(p)]
+    Path(site_dir, "project-venv.pth").write_text("\n".join(ours) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYROOPT_CACHE_DIR"] = str(tmp_path / "native-cache")  # first use compiles
     pip = [py, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)]
