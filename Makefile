@@ -6,7 +6,12 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.pyroopt-installed
 SOURCES := pyroopt tests tutorials benchmarks
 
-.PHONY: install test test-fast lint format bench demo tutorials clean
+# The API reference, warnings as errors; `make test` builds it too.
+docs: install
+	PYTHONPATH=. $(PY) docs/pyro_map.py > docs/pyro_optim.rst
+	PYTHONPATH=. $(PY) -m sphinx -W --keep-going -q -E -b html docs docs/_build/html
+
+.PHONY: docs install test test-fast lint format bench demo tutorials clean
 
 install: $(STAMP)
 
@@ -22,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt pyroopt/horovod_build.py $(wi
 	$(PY) -c "import pyroopt, horovod.torch; print('pyroopt', pyroopt.__version__, 'installed in $(VENV)')"
 	touch $@
 
-test: install
+test: install docs
 	$(PY) -m pytest
 
 # Everything but the tests marked slow (tutorials, multi-process runs, the wheel build).

@@ -1,0 +1,16 @@
+"""Sphinx configuration of pyroopt's API reference (``make docs``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "pyroopt"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+html_theme = "alabaster"
+exclude_patterns = ["_build"]
+nitpicky = False
