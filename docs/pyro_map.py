@@ -60,6 +60,7 @@ def render() -> str:
         "",
         ".. list-table::",
         "   :header-rows: 1",
+        "   :widths: 30 30 40",
         "",
         "   * - pyro",
         "     - pyroopt",
