@@ -6,24 +6,33 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.pyroopt-installed
 SOURCES := pyroopt tests tutorials benchmarks
 
-.PHONY: install test test-fast lint format bench demo tutorials clean
+# The API reference, warnings as errors; `make test` builds it too.
+docs: install
+	PYTHONPATH=. $(PY) docs/pyro_map.py > docs/pyro_optim.rst
+	PYTHONPATH=. $(PY) -m sphinx -W --keep-going -q -E -b html docs docs/_build/html
+
+.PHONY: docs install test test-fast lint format bench demo tutorials clean
 
 install: $(STAMP)
 
 # Rebuilt only when the package metadata, the pins, the horovod build or the C source
 # of the native kernels change, so a second `make install` does nothing.
-$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install_horovod.sh $(wildcard pyroopt/native/*.c pyroopt/native/*.h)
+$(STAMP): setup.cfg pyproject.toml constraints.txt pyroopt/horovod_build.py $(wildcard pyroopt/native/*.c pyroopt/native/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch pyro-ppl
-	scripts/install_horovod.sh $(PY)
+	PYTHONPATH=. $(PY) -m pyroopt.horovod_build
 	$(PIP) install --quiet -c constraints.txt -e '.[horovod,test,dev,tutorials]'
 	$(PY) -m pyroopt.native
 	$(PY) -c "import pyroopt, horovod.torch; print('pyroopt', pyroopt.__version__, 'installed in $(VENV)')"
 	touch $@
 
-test: install
+test: install docs
 	$(PY) -m pytest
+
+# Everything but the tests marked slow (tutorials, multi-process runs, the wheel build).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check $(SOURCES)

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_scalar_dtype
 
+from pyroopt._compat import get_scalar_dtype
 from pyroopt.flat import FlatLayout, Target
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
@@ -384,7 +384,7 @@ class RuleBucket(Bucket):
         if step > 0 or self.rule.state_before_first_step:
             if self.rule.saves_step:
                 state["step"] = (
-                    torch.tensor(float(step), dtype=_get_scalar_dtype())
+                    torch.tensor(float(step), dtype=get_scalar_dtype())
                     if self.rule.step_as_tensor
                     else step
                 )

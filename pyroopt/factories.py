@@ -737,6 +737,28 @@ def ChainedScheduler(
     )
 
 
+def LRScheduler(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
+    """Schedule: torch's scheduler base class, as ``pyro.optim.LRScheduler``.
+
+    Wraps :class:`torch.optim.lr_scheduler.LRScheduler`
+    with :class:`~pyroopt.lr_scheduler.PyroLRScheduler`. The base class defines no
+    schedule (its ``get_lr`` raises), so this factory only serves code that names it.
+    """
+    return PyroLRScheduler(
+        torch_schedulers.LRScheduler,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
+
+
 FACTORY_CLASSES.update(
     {
         LambdaLR: torch_schedulers.LambdaLR,
@@ -754,5 +776,6 @@ FACTORY_CLASSES.update(
         ReduceLROnPlateau: torch_schedulers.ReduceLROnPlateau,
         SequentialLR: torch_schedulers.SequentialLR,
         ChainedScheduler: torch_schedulers.ChainedScheduler,
+        LRScheduler: torch_schedulers.LRScheduler,
     }
 )

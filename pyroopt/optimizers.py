@@ -27,8 +27,8 @@ import torch
 from pyro.ops.tensor_utils import dct, idct, next_fast_len
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_scalar_dtype
 
+from pyroopt._compat import get_scalar_dtype
 from pyroopt.kernels._coef import per_param
 from pyroopt.kernels.adagrad_rmsprop import AdagradRMSPropRule
 from pyroopt.kernels.base import Batch, UpdateRule
@@ -72,7 +72,7 @@ class RuleOptimizer(Optimizer):
     def _new_state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
         step: Any = 0
         if self.rule.step_as_tensor:
-            step = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            step = torch.tensor(0.0, dtype=get_scalar_dtype())
         return {"step": step, **self.rule.initial_state(p, group)}
 
     def _state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,9 +46,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyroopt._compat import increment_version, storage_use_count
 from pyroopt.flat import FlatLayout
 
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
+_use_count = storage_use_count()
 
 
 def _raw_count(t: Tensor) -> int:
@@ -122,7 +123,7 @@ class FlatValues:
         if self.unseated:
             with torch.no_grad():
                 torch._foreach_copy_(self.unseated, self.unseated_views)
-        torch._C._increment_version(self.params)
+        increment_version(self.params)
 
     def release(self, keep: Sequence[Tensor]) -> set[int]:
         """Give up the buffer; returns the ids of parameters in ``keep`` that may move.

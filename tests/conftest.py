@@ -21,3 +21,10 @@ def _float64_seeded_clean_store():
 # Scripts that distributed tests launch under horovodrun/torchrun: not test modules, and
 # importing them (for doctests) would need a launcher's environment.
 collect_ignore = ["distributed_jobs"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Multi-process tests are slow too: `make test-fast` (-m "not slow") skips them."""
+    for item in items:
+        if item.get_closest_marker("distributed") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

@@ -205,3 +205,21 @@ class TestMisuse:
         args = {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.1}, "gamma": 0.5}
         pyroopt.ExponentialLR(args)
         assert set(args) == {"optimizer", "optim_args", "gamma"}  # pyro.optim pops keys
+
+
+def test_lr_scheduler_base_factory_matches_pyro():
+    """pyro.optim.LRScheduler (torch's base class) has a pyroopt counterpart."""
+    from pyroopt.factories import FACTORY_CLASSES
+
+    assert FACTORY_CLASSES[pyroopt.LRScheduler] is torch_schedulers.LRScheduler
+    args = {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}}
+    sched = pyroopt.LRScheduler(dict(args))
+    assert isinstance(sched, pyroopt.PyroLRScheduler)
+    # The base class defines no schedule: both raise on the first parameter seen.
+    errors = []
+    for module in (pyro.optim, pyroopt):
+        fresh_store()
+        with pytest.raises(NotImplementedError) as info:
+            module.LRScheduler(dict(args))(set(Program().params_at(0)))
+        errors.append(type(info.value))
+    assert errors[0] is errors[1]

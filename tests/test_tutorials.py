@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Each tutorial is a subprocess run of several seconds: `make test-fast` skips them.
+pytestmark = pytest.mark.slow
+
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
 

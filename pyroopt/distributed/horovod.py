@@ -17,8 +17,9 @@ def _horovod() -> Any:
         import horovod.torch as hvd
     except ImportError as e:
         raise ImportError(
-            "HorovodOptimizer needs horovod built with PyTorch support "
-            "(HOROVOD_WITH_PYTORCH=1 pip install horovod)"
+            "HorovodOptimizer needs horovod built with PyTorch support; horovod.torch "
+            f"did not import ({e}). Run `python -m pyroopt.horovod_build` to build and "
+            "install horovod 0.28.1 with PyTorch and Gloo against your torch"
         ) from e
     if not hvd.is_initialized():
         raise RuntimeError(

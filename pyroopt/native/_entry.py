@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pyroopt import native
+from pyroopt._compat import increment_version
 
 #: a C ``T *const *``: one data pointer per tensor
 POINTERS = ctypes.POINTER(ctypes.c_void_p)
@@ -175,4 +176,4 @@ def threads(root: int | None = None) -> int:
 def mark_modified(tensors: Sequence[Tensor]) -> None:
     """Tell autograd the loop wrote ``tensors``, as an in-place torch op would, so a
     graph that saved one of them refuses to backward through stale values."""
-    torch._C._increment_version(list(tensors))
+    increment_version(list(tensors))

@@ -1,0 +1,56 @@
+"""Every private torch name pyroopt uses, each with a fallback for when it is missing.
+
+``torch._foreach_*`` ops need none: they are present in every torch >= 1.9 and are
+the documented fast path of ``torch.optim`` (``foreach=True``), so a missing one
+would mean a torch far below the supported range.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def get_scalar_dtype() -> torch.dtype:
+    """dtype of torch.optim's ``step`` tensors: float64 under a float64 default, else float32.
+
+    ``torch.optim.optimizer._get_scalar_dtype`` (private); the fallback is its rule.
+    """
+    optimizer = importlib.import_module("torch.optim.optimizer")
+    private = getattr(optimizer, "_get_scalar_dtype", None)
+    if private is not None:
+        return private()
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def storage_use_count() -> Callable[[Any], int] | None:
+    """``torch._C._storage_Use_Count`` (private): how many users a storage has.
+
+    None where torch lacks it; callers then treat every storage as possibly shared.
+    """
+    return getattr(torch._C, "_storage_Use_Count", None)
+
+
+def increment_version(tensors: Sequence[Tensor]) -> None:
+    """Bump autograd's version counter of ``tensors`` after writing them behind its back.
+
+    ``torch._C._increment_version`` (private) takes a list in recent torch and one
+    tensor in older ones; without it an in-place ``mul_(1)`` (exact, -0.0 and NaN
+    kept) under ``no_grad`` bumps the counter the public way.
+    """
+    private = getattr(torch._C, "_increment_version", None)
+    if private is not None:
+        try:
+            private(list(tensors))
+            return
+        except TypeError:
+            for t in tensors:
+                private(t)
+            return
+    with torch.no_grad():
+        for t in tensors:
+            t.mul_(1)
