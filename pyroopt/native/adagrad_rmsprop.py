@@ -39,8 +39,10 @@ _ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
-#: many elements; below it a call never starts a thread.
+#: Without torch's (MKL's) square root at hand, the loop takes a second thread (up to
+#: ``torch.get_num_threads()``) for every this many elements, and a smaller call never
+#: starts one; with it, the loop runs on the calling thread (see
+#: :func:`pyroopt.native._entry.call_with_root`).
 MIN_NUMEL_PER_THREAD = 1 << 20
 
 

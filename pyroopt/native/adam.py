@@ -56,8 +56,10 @@ _CLIPPED_ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: The loops take a second thread (up to ``torch.get_num_threads()``) for every this
-#: many elements; below it a call never starts a thread.
+#: Without torch's (MKL's) square root at hand, the loop takes a second thread (up to
+#: ``torch.get_num_threads()``) for every this many elements, and a smaller call never
+#: starts one; with it, the loop runs on the calling thread (see
+#: :func:`pyroopt.native._entry.call_with_root`).
 MIN_NUMEL_PER_THREAD = 1 << 20
 
 
@@ -121,7 +123,9 @@ def adam_update(
     step_sizes = [-(lr / (1 - beta1**t)) for t in steps]
     bc2_sqrts = [(1 - beta2**t) ** 0.5 for t in steps]
     decay = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    function(
+    root = _entry.sqrt_function(params[0].dtype)
+    _entry.call_with_root(
+        function,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -140,9 +144,10 @@ def adam_update(
         decay,
         int(amsgrad),
         int(maximize),
-        _entry.sqrt_function(params[0].dtype),
-        _entry.threads(),
+        root,
+        _entry.threads(root),
         MIN_NUMEL_PER_THREAD,
+        root=root,
     )
     _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
     return True
@@ -181,7 +186,9 @@ def clipped_adam_update(
     beta1, beta2 = betas
     # pyro's step_size = lr * math.sqrt(bias_correction2) / bias_correction1, negated
     step_sizes = [-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps]
-    function(
+    root = _entry.sqrt_function(params[0].dtype)
+    _entry.call_with_root(
+        function,
         len(params),
         *map(_entry.pointers, lists),
         _entry.int64s(numels),
@@ -194,9 +201,10 @@ def clipped_adam_update(
         eps,
         weight_decay,
         int(centered_variance),
-        _entry.sqrt_function(params[0].dtype),
-        _entry.threads(),
+        root,
+        _entry.threads(root),
         MIN_NUMEL_PER_THREAD,
+        root=root,
     )
     _entry.mark_modified([t for ts in lists for t in ts])
     return True
