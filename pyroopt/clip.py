@@ -82,14 +82,16 @@ def clip_norms_(
     reduction of one element), and ``c / (total + 1e-6)`` is computed as torch's
     ``Tensor.__rtruediv__`` does, as a reciprocal times ``c``.
     """
-    if not grads:
-        return
+    by_device: dict[torch.device, list[int]] = {}
+    for i, n in enumerate(norms):
+        by_device.setdefault(n.device, []).append(i)
     with torch.no_grad():
-        stacked = torch.stack(list(norms)).unsqueeze(1)
-        totals = torch.linalg.vector_norm(stacked, 2, dim=1)
-        limits = torch.tensor(max_norms, dtype=totals.dtype, device=totals.device)
-        scale = (totals + _EPS).reciprocal_().mul_(limits).clamp_(max=1.0)
-        torch._foreach_mul_(list(grads), list(scale.unbind(0)))
+        for device, rows in by_device.items():
+            stacked = torch.stack([norms[i] for i in rows]).unsqueeze(1)
+            totals = torch.linalg.vector_norm(stacked, 2, dim=1)
+            limits = torch.tensor([max_norms[i] for i in rows], dtype=totals.dtype, device=device)
+            scale = (totals + _EPS).reciprocal_().mul_(limits).clamp_(max=1.0)
+            torch._foreach_mul_([grads[i] for i in rows], list(scale.unbind(0)))
 
 
 def clip_values_(grads: Sequence[Tensor], max_values: Sequence[float]) -> None:
@@ -111,7 +113,13 @@ def clip_global_norm_(grads: Sequence[Tensor], max_norm: float) -> Tensor:
     if not grads:
         return torch.tensor(0.0)
     with torch.no_grad():
-        total = torch.linalg.vector_norm(torch.stack(grad_norms(grads)), 2)
+        first = grads[0].device  # the joint norm lives there, as in clip_grad_norm_
+        norms = [n.to(first) for n in grad_norms(grads)]
+        total = torch.linalg.vector_norm(torch.stack(norms), 2)
         scale = (max_norm / (total + _EPS)).clamp(max=1.0)
-        torch._foreach_mul_(list(grads), scale)
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(g)
+        for device, group in by_device.items():
+            torch._foreach_mul_(group, scale.to(device))
     return total

@@ -69,8 +69,13 @@ def _all_finite(slots: list[Slot]) -> bool:
     if not grads:
         return True
     # The max-norm cannot overflow for finite values, and is NaN or Inf otherwise.
-    norms = torch._foreach_norm(grads, float("inf"))
-    return bool(torch.stack(list(norms)).isfinite().all())
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    return all(
+        bool(torch.stack(list(torch._foreach_norm(group, float("inf")))).isfinite().all())
+        for group in by_device.values()
+    )
 
 
 def _values(grad: Tensor) -> Tensor:
