@@ -97,6 +97,13 @@ def _mkl_threads_local() -> Any:
     return function
 
 
+#: For the loops that take a square root: without torch's (MKL's) at hand, a loop takes
+#: a second thread (up to ``torch.get_num_threads()``) for every this many elements, and
+#: a smaller call never starts one; with it, the loop runs on the calling thread (see
+#: :func:`call_with_root`).
+ROOT_LOOP_NUMEL_PER_THREAD = 1 << 20
+
+
 def call_with_root(function: Any, *args: Any, root: int | None) -> None:
     """``function(*args)``; with MKL on this thread alone while the loop calls its
     square root ``root``. (MKL otherwise opens a parallel region for every block's

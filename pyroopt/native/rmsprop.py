@@ -40,11 +40,8 @@ _ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: Without torch's (MKL's) square root at hand, the loop takes a second thread (up to
-#: ``torch.get_num_threads()``) for every this many elements, and a smaller call never
-#: starts one; with it, the loop runs on the calling thread (see
-#: :func:`pyroopt.native._entry.call_with_root`).
-MIN_NUMEL_PER_THREAD = 1 << 20
+#: elements per thread; see :data:`pyroopt.native._entry.ROOT_LOOP_NUMEL_PER_THREAD`
+MIN_NUMEL_PER_THREAD = _entry.ROOT_LOOP_NUMEL_PER_THREAD
 
 
 @functools.cache
