@@ -220,3 +220,11 @@ def test_the_rule_runs_first_steps_natively(steps):
     assert RULES[torch.optim.Rprop].native_update(batch, group)
     torch.testing.assert_close(torch.cat(state["step_size"]), torch.full((5,), 0.01))
     torch.testing.assert_close(torch.cat(params), torch.tensor([-0.01] * 2 + [0.01] * 3))
+
+
+def test_off_on_cpu_kernels_whose_roundings_were_not_checked(fresh_load, monkeypatch):
+    """On another kernel set (torch's default or NEON ones) the loops could round
+    differently from torch: the chains, exact everywhere, run instead."""
+    monkeypatch.setattr(native, "torch_cpu_capability", lambda: "DEFAULT")
+    assert native.library() is None
+    assert "DEFAULT" in (native.unavailable_reason() or "")

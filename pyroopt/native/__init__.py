@@ -66,6 +66,18 @@ LIBS = ("-lm",)
 SWITCH = "PYROOPT_NATIVE"
 
 
+#: torch CPU kernel sets whose roundings the loops were checked against (their vector
+#: ops fuse multiply-adds where the loops call ``fma``); elsewhere the chains run
+VERIFIED_CAPABILITIES = ("AVX2", "AVX512")
+
+
+def torch_cpu_capability() -> str:
+    """The CPU kernel set torch dispatches to in this process (``"AVX512"``, ...)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 class NativeBuildError(RuntimeError):
     """The C compiler failed, or none was found."""
 
@@ -134,6 +146,12 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """The library and ``None``, or ``None`` and why not; tried once per process."""
     if os.environ.get(SWITCH, "1") == "0":
         return None, f"turned off by {SWITCH}=0"
+    capability = torch_cpu_capability()
+    if capability not in VERIFIED_CAPABILITIES:
+        return None, (
+            f"torch runs its {capability} CPU kernels here; the loops reproduce the "
+            f"roundings of its {'/'.join(VERIFIED_CAPABILITIES)} kernels only"
+        )
     try:
         return ctypes.CDLL(str(build())), None
     except (NativeBuildError, OSError) as error:
