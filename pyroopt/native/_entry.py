@@ -120,6 +120,14 @@ def call_with_root(function: Any, *args: Any, root: int | None) -> None:
         set_local(ctypes.byref(ctypes.c_int(before)))
 
 
+def call_root_loop(function: Any, dtype: torch.dtype, min_per_thread: int, *args: Any) -> None:
+    """``function(*args, root, threads, min_per_thread)`` for a loop that takes a square
+    root: ``root`` is torch's own for ``dtype`` (or NULL), and with it the loop runs on
+    this thread with MKL on this thread alone (:func:`call_with_root`)."""
+    root = sqrt_function(dtype)
+    call_with_root(function, *args, root, threads(root), min_per_thread, root=root)
+
+
 _IS_CPU = operator.attrgetter("is_cpu")
 _DTYPE = operator.attrgetter("dtype")
 _LAYOUT = operator.attrgetter("layout")

@@ -80,9 +80,10 @@ def adagrad_update(
     numels = _entry.numels_if_runs((params, grads, sums))
     if numels is None:
         return False
-    root = _entry.sqrt_function(params[0].dtype)
-    _entry.call_with_root(
+    _entry.call_root_loop(
         function,
+        params[0].dtype,
+        MIN_NUMEL_PER_THREAD,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -94,10 +95,6 @@ def adagrad_update(
         eps,
         weight_decay,
         int(maximize),
-        root,
-        _entry.threads(root),
-        MIN_NUMEL_PER_THREAD,
-        root=root,
     )
     _entry.mark_modified([*params, *sums])
     return True

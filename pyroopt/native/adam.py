@@ -120,9 +120,10 @@ def adam_update(
     step_sizes = [-(lr / (1 - beta1**t)) for t in steps]
     bc2_sqrts = [(1 - beta2**t) ** 0.5 for t in steps]
     decay = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    root = _entry.sqrt_function(params[0].dtype)
-    _entry.call_with_root(
+    _entry.call_root_loop(
         function,
+        params[0].dtype,
+        MIN_NUMEL_PER_THREAD,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -141,10 +142,6 @@ def adam_update(
         decay,
         int(amsgrad),
         int(maximize),
-        root,
-        _entry.threads(root),
-        MIN_NUMEL_PER_THREAD,
-        root=root,
     )
     _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
     return True
@@ -183,9 +180,10 @@ def clipped_adam_update(
     beta1, beta2 = betas
     # pyro's step_size = lr * math.sqrt(bias_correction2) / bias_correction1, negated
     step_sizes = [-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps]
-    root = _entry.sqrt_function(params[0].dtype)
-    _entry.call_with_root(
+    _entry.call_root_loop(
         function,
+        params[0].dtype,
+        MIN_NUMEL_PER_THREAD,
         len(params),
         *map(_entry.pointers, lists),
         _entry.int64s(numels),
@@ -198,10 +196,6 @@ def clipped_adam_update(
         eps,
         weight_decay,
         int(centered_variance),
-        root,
-        _entry.threads(root),
-        MIN_NUMEL_PER_THREAD,
-        root=root,
     )
     _entry.mark_modified([t for ts in lists for t in ts])
     return True

@@ -85,9 +85,10 @@ def rmsprop_update(
     numels = _entry.numels_if_runs(lists)
     if numels is None:
         return False
-    root = _entry.sqrt_function(params[0].dtype)
-    _entry.call_with_root(
+    _entry.call_root_loop(
         function,
+        params[0].dtype,
+        MIN_NUMEL_PER_THREAD,
         len(params),
         _entry.pointers(params),
         _entry.pointers(grads),
@@ -103,10 +104,6 @@ def rmsprop_update(
         momentum,
         int(centered),
         int(maximize),
-        root,
-        _entry.threads(root),
-        MIN_NUMEL_PER_THREAD,
-        root=root,
     )
     _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
     return True
