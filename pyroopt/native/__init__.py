@@ -58,7 +58,6 @@ FLAGS = (
     "-ffp-contract=off",
     "-fno-trapping-math",
     "-fno-math-errno",
-    "-pthread",
 )
 #: libraries the loops call (``fma``, ``sqrt``): linked, not found by chance in the process
 LIBS = ("-lm",)
@@ -153,9 +152,15 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             f"roundings of its {'/'.join(VERIFIED_CAPABILITIES)} kernels only"
         )
     try:
-        return ctypes.CDLL(str(build())), None
+        lib = ctypes.CDLL(str(build()))
     except (NativeBuildError, OSError) as error:
         return None, str(error)
+    from pyroopt.native import _entry
+
+    lib.pyroopt_use_openmp.argtypes = [ctypes.c_void_p] * 3
+    lib.pyroopt_use_openmp.restype = None
+    lib.pyroopt_use_openmp(*_entry.openmp_team_functions())
+    return lib, None
 
 
 def library() -> ctypes.CDLL | None:

@@ -87,6 +87,21 @@ def sqrt_function(dtype: torch.dtype) -> int | None:
     return address
 
 
+#: what the thread driver of :file:`parallel.c` calls in torch's OpenMP runtime
+OPENMP_FUNCTIONS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+
+
+def openmp_team_functions() -> tuple[int | None, ...]:
+    """The addresses of :data:`OPENMP_FUNCTIONS` in the OpenMP runtime torch's CPU
+    library was linked with (found through it, so it is the runtime, and the pool of
+    threads, torch's own kernels use); all ``None`` where torch has none."""
+    lib = _torch_cpu()
+    found = [getattr(lib, name, None) if lib is not None else None for name in OPENMP_FUNCTIONS]
+    if any(function is None for function in found):
+        return (None,) * len(OPENMP_FUNCTIONS)
+    return tuple(ctypes.cast(function, ctypes.c_void_p).value for function in found)
+
+
 @functools.cache
 def _mkl_threads_local() -> Any:
     # torch exports MKL's Fortran-style entry under this name too (every spelling is
@@ -97,18 +112,20 @@ def _mkl_threads_local() -> Any:
     return function
 
 
-#: For the loops that take a square root: without torch's (MKL's) at hand, a loop takes
-#: a second thread (up to ``torch.get_num_threads()``) for every this many elements, and
-#: a smaller call never starts one; with it, the loop runs on the calling thread (see
-#: :func:`call_with_root`).
-ROOT_LOOP_NUMEL_PER_THREAD = 1 << 20
+#: A loop takes a second member of torch's thread team (up to ``torch.get_num_threads()``)
+#: for every this many elements; a smaller call runs on the calling thread alone. Lower
+#: would pay on an idle machine (one float32 Adam call on 2 threads against 1: 84 / 126
+#: us at 64k elements, 1.19 / 1.98 ms at 1M), but with the other core busy the call
+#: waits for the preempted member: 4.87 ms against 1.99 ms at 1M (median of 300).
+NUMEL_PER_THREAD = 1 << 20
 
 
 def call_with_root(function: Any, *args: Any, root: int | None) -> None:
     """``function(*args)``; with MKL on this thread alone while the loop calls its
-    square root ``root``. (MKL otherwise opens a parallel region for every block's
-    roots: 10 x 1M float32 elements of RMSprop took 0.9-12 s on a busy machine with
-    torch at 2 threads, 10-14 ms with MKL on one.)"""
+    square root ``root``. (Outside a parallel region MKL otherwise opens one for every
+    block's roots: 10 x 1M float32 elements of RMSprop took 0.9-12 s on a busy machine
+    with torch at 2 threads, 10-14 ms with MKL on one. Within the loop's own team MKL
+    stays on each member, as it does under torch's kernels.)"""
     if root is None:
         function(*args)
         return
@@ -122,10 +139,10 @@ def call_with_root(function: Any, *args: Any, root: int | None) -> None:
 
 def call_root_loop(function: Any, dtype: torch.dtype, min_per_thread: int, *args: Any) -> None:
     """``function(*args, root, threads, min_per_thread)`` for a loop that takes a square
-    root: ``root`` is torch's own for ``dtype`` (or NULL), and with it the loop runs on
-    this thread with MKL on this thread alone (:func:`call_with_root`)."""
+    root: ``root`` is torch's own for ``dtype`` (or NULL), called with MKL on this
+    thread alone (:func:`call_with_root`)."""
     root = sqrt_function(dtype)
-    call_with_root(function, *args, root, threads(root), min_per_thread, root=root)
+    call_with_root(function, *args, root, threads(), min_per_thread, root=root)
 
 
 _IS_CPU = operator.attrgetter("is_cpu")
@@ -180,12 +197,10 @@ def doubles(values: Sequence[float]) -> Any:
     return (ctypes.c_double * len(values))(*values)
 
 
-def threads(root: int | None = None) -> int:
-    """How many threads a loop may use: torch's intra-op count, or one for a loop that
-    calls MKL's square root ``root`` (from a thread started for the call, MKL opens a
-    parallel region of its own for every block: 0.6-20 s for 10 x 1M float32 elements
-    of RMSprop on 2 threads on a busy machine, against 13-27 ms on one)."""
-    return 1 if root is not None else torch.get_num_threads()
+def threads() -> int:
+    """How many threads a loop may use: torch's intra-op count, the size of the team of
+    torch's OpenMP runtime it runs on (:file:`parallel.c`)."""
+    return torch.get_num_threads()
 
 
 def mark_modified(tensors: Sequence[Tensor]) -> None:

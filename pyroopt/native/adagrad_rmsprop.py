@@ -39,8 +39,8 @@ _ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: elements per thread; see :data:`pyroopt.native._entry.ROOT_LOOP_NUMEL_PER_THREAD`
-MIN_NUMEL_PER_THREAD = _entry.ROOT_LOOP_NUMEL_PER_THREAD
+#: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
+MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 
 @functools.cache

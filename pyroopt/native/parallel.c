@@ -1,50 +1,63 @@
 /* See parallel.h. */
 #include "parallel.h"
 
-#include <pthread.h>
+#include <stddef.h>
+
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned n_threads,
+                                 unsigned flags);
+typedef int (*omp_query_fn)(void);
+
+static gomp_parallel_fn team_run = NULL;
+static omp_query_fn team_member = NULL, team_size = NULL;
+
+void pyroopt_use_openmp(void *gomp_parallel, void *get_thread_num, void *get_num_threads) {
+    int all = gomp_parallel && get_thread_num && get_num_threads;
+    team_run = all ? (gomp_parallel_fn)gomp_parallel : NULL;
+    team_member = all ? (omp_query_fn)get_thread_num : NULL;
+    team_size = all ? (omp_query_fn)get_num_threads : NULL;
+}
 
 typedef struct {
     int64_t n_tensors;
     const int64_t *numels;
-    int64_t begin, end; /* elements of the concatenation of all tensors */
+    int64_t total; /* elements of the concatenation of all tensors */
     pyroopt_range_fn range;
     const void *ctx;
-} part;
+    int team; /* as large as the runtime made it; written by member 0 */
+} job;
 
-static void *run_part(void *arg) {
-    const part *w = arg;
+/* Calls `range` for every piece of tensor that the part [begin, end) of the
+ * concatenation covers. */
+static void run_part(const job *j, int64_t begin, int64_t end) {
     int64_t offset = 0; /* of tensor k in the concatenation */
-    for (int64_t k = 0; k < w->n_tensors && offset < w->end; ++k) {
-        int64_t lo = w->begin > offset ? w->begin - offset : 0;
-        int64_t hi = w->end - offset < w->numels[k] ? w->end - offset : w->numels[k];
-        if (lo < hi) w->range(w->ctx, k, lo, hi);
-        offset += w->numels[k];
+    for (int64_t k = 0; k < j->n_tensors && offset < end; ++k) {
+        int64_t lo = begin > offset ? begin - offset : 0;
+        int64_t hi = end - offset < j->numels[k] ? end - offset : j->numels[k];
+        if (lo < hi) j->range(j->ctx, k, lo, hi);
+        offset += j->numels[k];
     }
-    return 0;
+}
+
+/* One member's part; the team may be smaller than asked for, and its parts then
+ * cover the range between them. */
+static void run_member(void *arg) {
+    job *j = arg;
+    int64_t t = team_member(), n = team_size();
+    if (t == 0) j->team = (int)n;
+    run_part(j, j->total * t / n, j->total * (t + 1) / n);
 }
 
 int pyroopt_parallel(int64_t n_tensors, const int64_t *numels, int n_threads,
                      int64_t min_per_thread, pyroopt_range_fn range, const void *ctx) {
-    int64_t total = 0;
-    for (int64_t k = 0; k < n_tensors; ++k) total += numels[k];
-    int64_t useful = total / (min_per_thread > 0 ? min_per_thread : 1);
+    job j = {n_tensors, numels, 0, range, ctx, 1};
+    for (int64_t k = 0; k < n_tensors; ++k) j.total += numels[k];
+    int64_t useful = j.total / (min_per_thread > 0 ? min_per_thread : 1);
     if (n_threads > useful) n_threads = (int)useful;
     if (n_threads > PYROOPT_MAX_THREADS) n_threads = PYROOPT_MAX_THREADS;
-    if (n_threads < 1) n_threads = 1;
-    part parts[PYROOPT_MAX_THREADS];
-    pthread_t threads[PYROOPT_MAX_THREADS];
-    for (int t = 0; t < n_threads; ++t) {
-        part w = {n_tensors, numels, total * t / n_threads, total * (t + 1) / n_threads,
-                  range, ctx};
-        parts[t] = w;
+    if (n_threads > 1 && team_run) {
+        team_run(run_member, &j, (unsigned)n_threads, 0);
+        return j.team;
     }
-    int started = 0;
-    for (int t = 1; t < n_threads; ++t) {
-        if (pthread_create(&threads[t], 0, run_part, &parts[t])) break;
-        started = t;
-    }
-    run_part(&parts[0]);
-    for (int t = started + 1; t < n_threads; ++t) run_part(&parts[t]);
-    for (int t = 1; t <= started; ++t) pthread_join(threads[t], 0);
-    return n_threads;
+    run_part(&j, 0, j.total);
+    return 1;
 }

@@ -1,15 +1,19 @@
-/* Splitting one update over many tensors across POSIX threads.
+/* Splitting one update over many tensors across the threads of torch's own pool.
  *
  * A kernel sees the elements of all its tensors as one range, the tensors laid end to
  * end in the order given. `pyroopt_parallel` cuts that range into `n_threads` equal
  * parts (fewer when a part would hold under `min_per_thread` elements; at most
- * PYROOPT_MAX_THREADS), runs part 0 on the calling thread and the others on threads
- * started for this call, and calls `range(ctx, k, lo, hi)` for each piece of tensor
- * `k` that a part covers: elements [lo, hi) of that tensor. A part never splits an
+ * PYROOPT_MAX_THREADS) and calls `range(ctx, k, lo, hi)` for each piece of tensor `k`
+ * that a part covers: elements [lo, hi) of that tensor. A part never splits an
  * element, and the values of an element never depend on which part computes it, so
  * the thread count changes no number. Returns the number of parts run.
  *
- * A thread that cannot be started has its part run on the calling thread.
+ * The parts run on a team of torch's OpenMP runtime (the calling thread is member 0),
+ * the same threads torch's own CPU kernels run on, so a loop neither starts threads
+ * nor competes with torch's spinning workers, and MKL, called by a member, stays on
+ * that member as it does under torch's kernels. The runtime is handed over once with
+ * `pyroopt_use_openmp`; until then (or if none is found) every call runs on the
+ * calling thread alone.
  */
 #ifndef PYROOPT_PARALLEL_H
 #define PYROOPT_PARALLEL_H
@@ -22,6 +26,11 @@ typedef void (*pyroopt_range_fn)(const void *ctx, int64_t k, int64_t lo, int64_t
 
 int pyroopt_parallel(int64_t n_tensors, const int64_t *numels, int n_threads,
                      int64_t min_per_thread, pyroopt_range_fn range, const void *ctx);
+
+/* The OpenMP runtime's `GOMP_parallel`, `omp_get_thread_num` and
+ * `omp_get_num_threads` (libgomp's ABI, which LLVM's and Intel's runtimes also
+ * export), as loaded by torch; any NULL: threads off. Called before any loop runs. */
+void pyroopt_use_openmp(void *gomp_parallel, void *get_thread_num, void *get_num_threads);
 
 /* The loops are compiled for the baseline instruction set and for wider vectors, one
  * of which is picked at load time for the CPU at hand (GCC on x86-64 Linux). */

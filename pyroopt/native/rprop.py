@@ -39,11 +39,8 @@ _ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
-#: many elements. Threads are started per call, and here a second one paid off only
-#: well above 1M elements (measured, one call on float32, 1 thread / 2 threads:
-#: 64 / 61 us at 64k, 163 / 261 us at 128k, 908 / 1020 us at 1M elements).
-MIN_NUMEL_PER_THREAD = 1 << 20
+#: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
+MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 
 @functools.cache

@@ -39,9 +39,8 @@ _ARGTYPES = (
     ctypes.c_int64,  # elements per thread, at least
 )
 
-#: The loop takes a second thread (up to ``torch.get_num_threads()``) for every this
-#: many elements; below it a call never starts a thread.
-MIN_NUMEL_PER_THREAD = 1 << 20
+#: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
+MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 
 @functools.cache

@@ -13,7 +13,11 @@
 typedef void (*vsqrt_f32)(int n, const float *a, float *r, long long mode);
 typedef void (*vsqrt_f64)(int n, const double *a, double *r, long long mode);
 #define PYROOPT_VML_MODE (0x2LL | 0x00140000LL | 0x100LL) /* VML_HA | FTZDAZ_OFF | ERRMODE_IGNORE */
-#define PYROOPT_SQRT_BLOCK 512 /* elements: a block of every stream stays in L1 */
+/* Elements per block: every stream's block stays in L1, and a call costs about 25 ns
+ * against 0.45 ns per float32 root (measured). 256 ran Adam on 10 x 1M float32
+ * elements 10-20% faster than 512, 1024 or 4096 (the streams then spill to L2), and
+ * no slower than 128 or 192. */
+#define PYROOPT_SQRT_BLOCK 256
 #define DEFINE_BLOCK_SQRT(SUFFIX, T, SQRT)                                             \
     static inline void block_sqrt_##SUFFIX(vsqrt_##SUFFIX fn, T *x, int64_t n) {       \
         if (fn) {                                                                      \
