@@ -160,6 +160,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pyroopt_use_openmp.argtypes = [ctypes.c_void_p] * 3
     lib.pyroopt_use_openmp.restype = None
     lib.pyroopt_use_openmp(*_entry.openmp_team_functions())
+    lib.pyroopt_use_mkl.argtypes = [ctypes.c_void_p]
+    lib.pyroopt_use_mkl.restype = None
+    lib.pyroopt_use_mkl(_entry.mkl_threads_local_address())
     return lib, None
 
 

@@ -64,6 +64,14 @@ def _torch_cpu() -> ctypes.CDLL | None:
     return None
 
 
+def _address(name: str) -> int | None:
+    """The address of the function ``name`` in torch's CPU library or the libraries it
+    was linked with (MKL, OpenMP); ``None`` if there is none."""
+    lib = _torch_cpu()
+    function = getattr(lib, name, None) if lib is not None else None
+    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
+
+
 @functools.cache
 def sqrt_function(dtype: torch.dtype) -> int | None:
     """The address of the square root torch takes of a CPU tensor of ``dtype``, for the
@@ -74,17 +82,11 @@ def sqrt_function(dtype: torch.dtype) -> int | None:
     1 ulp but not always correctly rounded (measured on torch 2.13: 16% of float32
     roots differ from libm's by 1 ulp), so the loops call that same function.
     """
-    lib = _torch_cpu()
-    if lib is None or not torch.backends.mkl.is_available() or dtype not in SUFFIXES:
+    if not torch.backends.mkl.is_available() or dtype not in SUFFIXES:
         return None
-    name = {torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}[dtype]
-    try:
-        function = getattr(lib, name)
-        lib.mkl_set_num_threads_local  # noqa: B018 (present, or AttributeError)
-    except AttributeError:
+    if mkl_threads_local_address() is None:  # the loops keep MKL on each part's thread
         return None
-    address: int | None = ctypes.cast(function, ctypes.c_void_p).value
-    return address
+    return _address({torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}[dtype])
 
 
 #: what the thread driver of :file:`parallel.c` calls in torch's OpenMP runtime
@@ -95,21 +97,16 @@ def openmp_team_functions() -> tuple[int | None, ...]:
     """The addresses of :data:`OPENMP_FUNCTIONS` in the OpenMP runtime torch's CPU
     library was linked with (found through it, so it is the runtime, and the pool of
     threads, torch's own kernels use); all ``None`` where torch has none."""
-    lib = _torch_cpu()
-    found = [getattr(lib, name, None) if lib is not None else None for name in OPENMP_FUNCTIONS]
-    if any(function is None for function in found):
-        return (None,) * len(OPENMP_FUNCTIONS)
-    return tuple(ctypes.cast(function, ctypes.c_void_p).value for function in found)
+    found = tuple(map(_address, OPENMP_FUNCTIONS))
+    return (None,) * len(found) if None in found else found
 
 
-@functools.cache
-def _mkl_threads_local() -> Any:
-    # torch exports MKL's Fortran-style entry under this name too (every spelling is
-    # one address): it takes a pointer to the count.
-    function = _torch_cpu().mkl_set_num_threads_local  # type: ignore[union-attr]
-    function.argtypes = [ctypes.POINTER(ctypes.c_int)]
-    function.restype = ctypes.c_int
-    return function
+def mkl_threads_local_address() -> int | None:
+    """The address of MKL's ``mkl_set_num_threads_local`` in torch, which every part of
+    a loop calls to keep MKL on its own thread (:file:`parallel.h`); ``None``: none.
+    (torch exports MKL's Fortran-style entry under this name too, every spelling one
+    address: it takes a pointer to the count.)"""
+    return _address("mkl_set_num_threads_local")
 
 
 #: A loop takes a second member of torch's thread team (up to ``torch.get_num_threads()``)
@@ -120,29 +117,10 @@ def _mkl_threads_local() -> Any:
 NUMEL_PER_THREAD = 1 << 20
 
 
-def call_with_root(function: Any, *args: Any, root: int | None) -> None:
-    """``function(*args)``; with MKL on this thread alone while the loop calls its
-    square root ``root``. (Outside a parallel region MKL otherwise opens one for every
-    block's roots: 10 x 1M float32 elements of RMSprop took 0.9-12 s on a busy machine
-    with torch at 2 threads, 10-14 ms with MKL on one. Within the loop's own team MKL
-    stays on each member, as it does under torch's kernels.)"""
-    if root is None:
-        function(*args)
-        return
-    set_local = _mkl_threads_local()
-    before = set_local(ctypes.byref(ctypes.c_int(1)))
-    try:
-        function(*args)
-    finally:
-        set_local(ctypes.byref(ctypes.c_int(before)))
-
-
 def call_root_loop(function: Any, dtype: torch.dtype, min_per_thread: int, *args: Any) -> None:
     """``function(*args, root, threads, min_per_thread)`` for a loop that takes a square
-    root: ``root`` is torch's own for ``dtype`` (or NULL), called with MKL on this
-    thread alone (:func:`call_with_root`)."""
-    root = sqrt_function(dtype)
-    call_with_root(function, *args, root, threads(), min_per_thread, root=root)
+    root: ``root`` is torch's own for ``dtype`` (or NULL)."""
+    function(*args, sqrt_function(dtype), threads(), min_per_thread)
 
 
 _IS_CPU = operator.attrgetter("is_cpu")

@@ -6,9 +6,15 @@
 typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned n_threads,
                                  unsigned flags);
 typedef int (*omp_query_fn)(void);
+typedef int (*mkl_local_fn)(const int *count);
 
 static gomp_parallel_fn team_run = NULL;
 static omp_query_fn team_member = NULL, team_size = NULL;
+static mkl_local_fn mkl_local = NULL;
+
+void pyroopt_use_mkl(void *set_num_threads_local) {
+    mkl_local = (mkl_local_fn)set_num_threads_local;
+}
 
 void pyroopt_use_openmp(void *gomp_parallel, void *get_thread_num, void *get_num_threads) {
     int all = gomp_parallel && get_thread_num && get_num_threads;
@@ -27,8 +33,10 @@ typedef struct {
 } job;
 
 /* Calls `range` for every piece of tensor that the part [begin, end) of the
- * concatenation covers. */
+ * concatenation covers, with MKL on this thread alone. */
 static void run_part(const job *j, int64_t begin, int64_t end) {
+    const int one = 1;
+    int before = mkl_local ? mkl_local(&one) : 0;
     int64_t offset = 0; /* of tensor k in the concatenation */
     for (int64_t k = 0; k < j->n_tensors && offset < end; ++k) {
         int64_t lo = begin > offset ? begin - offset : 0;
@@ -36,6 +44,7 @@ static void run_part(const job *j, int64_t begin, int64_t end) {
         if (lo < hi) j->range(j->ctx, k, lo, hi);
         offset += j->numels[k];
     }
+    if (mkl_local) mkl_local(&before);
 }
 
 /* One member's part; the team may be smaller than asked for, and its parts then
