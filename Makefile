@@ -9,9 +9,10 @@ SOURCES := pyroopt tests tutorials benchmarks
 # The API reference, warnings as errors; `make test` builds it too.
 docs: install
 	PYTHONPATH=. $(PY) docs/pyro_map.py > docs/pyro_optim.rst
+	$(PY) docs/tutorial_pages.py
 	PYTHONPATH=. $(PY) -m sphinx -W --keep-going -q -E -b html docs docs/_build/html
 
-.PHONY: docs install test test-fast lint format bench demo tutorials clean
+.PHONY: docs install test test-fast lint format bench demo tutorials tutorial-plots clean
 
 install: $(STAMP)
 
@@ -51,6 +52,12 @@ demo: install
 
 tutorials: install
 	for t in tutorials/[0-9]*.py; do $(PY) $$t || exit 1; done
+
+# Run every tutorial in full and keep its plots for the docs site (docs/tutorial_plots/).
+tutorial-plots: install
+	rm -rf docs/tutorial_plots
+	for t in tutorials/[0-9]*.py; do PYROOPT_OUT=docs/tutorial_plots MPLBACKEND=Agg $(PY) $$t || exit 1; done
+	find docs/tutorial_plots -type f ! -name '*.png' -delete
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

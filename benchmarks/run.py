@@ -1,4 +1,4 @@
-"""Run every benchmark in one process; print the tables, write JSON and a chart.
+"""Run every benchmark in one process; print the tables, write JSON, the report and a chart.
 
 Usage, from the repository root::
 
@@ -10,6 +10,8 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import subprocess
@@ -26,9 +28,11 @@ import torch
 
 import pyroopt
 from benchmarks import churn, loaded, report
+from benchmarks.churn import ChurnResult
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
 from benchmarks.goals import goal_table
+from benchmarks.loaded import LoadedResult
 from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
 from benchmarks.svi_step import SviResult, time_svi
 from benchmarks.timing import Plan
@@ -183,24 +187,47 @@ def print_report(steps: Sequence[StepResult], svi: SviResult) -> None:
         print(f"  {note}")
 
 
+class _Tee(io.StringIO):
+    """Keeps what is printed and passes it on to ``stream``."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def write_outputs(
-    out: Path, meta: dict[str, Any], steps: Sequence[StepResult], svi: SviResult
+    out: Path, meta: dict[str, Any], steps: Sequence[StepResult], svi: SviResult, text: str
 ) -> None:
-    """results.json and speedup.png in ``out``."""
+    """results.json, report.txt (the printed tables, which the docs site shows) and
+    speedup.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, chart_path = out / "results.json", out / "speedup.png"
     report.write_json(json_path, report.to_json(meta, steps, svi))
+    (out / "report.txt").write_text(text)
     report.draw_speedup_chart(steps, chart_path)
-    print(f"\nWrote {json_path.resolve()}\nWrote {chart_path.resolve()}")
+    print(f"\nWrote {json_path.resolve()}, report.txt\nWrote {chart_path.resolve()}")
 
 
-def run_loaded_and_churn(quick: bool, meta: dict[str, Any]) -> None:
-    """The loaded tiny-step rows and the churn rows: run, print, record in ``meta``."""
+def run_loaded_and_churn(quick: bool) -> tuple[list[LoadedResult], list[ChurnResult]]:
+    """The loaded tiny-step rows and the churn rows, printing progress."""
     loaded_rows = loaded.time_loaded(loaded.QUICK if quick else loaded.FULL, SEED)
+    return loaded_rows, churn.time_churn(churn.QUICK if quick else churn.FULL)
+
+
+def print_loaded_and_churn(
+    loaded_rows: Sequence[LoadedResult], churn_rows: Sequence[ChurnResult], meta: dict[str, Any]
+) -> None:
+    """Their tables and goals; recorded in ``meta``."""
     print(f"\nAdam under load ({loaded.THREADS} torch threads, a busy loop on another core):")
     print(loaded.table(loaded_rows))
     print(loaded.goal_line(loaded_rows))
-    churn_rows = churn.time_churn(churn.QUICK if quick else churn.FULL)
     print("\nAdam with a churning parameter (median ms per step):")
     print(churn.table(churn_rows))
     print("\n".join(churn.goal_lines(churn_rows)))
@@ -213,12 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = choose_settings(args.quick, args.repeats)
     meta = environment(settings, args.quick)
-    print(
+    header = (
         f"torch {meta['torch']} ({meta['torch_threads']} threads, {meta['cpu_count']} CPUs), "
         f"pyro {meta['pyro']}, pyroopt {meta['pyroopt']} ({meta['pyroopt_source']}), "
         f"{meta['mode']} run, "
         f"{settings.steps.repeats} repeats; medians of repeats within this run"
     )
+    print(header)
     warn_if_busy(meta["load_average_at_start"][0], meta["torch_threads"])
     start = time.perf_counter()
     steps = run_optimizer_steps(settings.steps)
@@ -226,18 +254,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch_rows = run_torch_optim(settings.steps)
     print("  pyroopt.torch vs torch.optim (Adam step, ELBOModule step)", flush=True)
     dist_rows = [] if args.no_distributed else run_distributed(settings.svi.repeats)
+    loaded_rows, churn_rows = run_loaded_and_churn(args.quick)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
-    print_report(steps, svi)
-    print("\npyroopt.torch vs torch.optim: median ms per step (x: torch's time / ours)")
-    print(torch_optim_table(torch_rows))
-    meta["torch_optim"] = torch_optim_json(torch_rows)
-    if dist_rows:
-        print("\nDistributed SVI step, 2 workers:")
-        print(distributed_table(dist_rows))
-        meta["distributed"] = [asdict(r) for r in dist_rows]
-    run_loaded_and_churn(args.quick, meta)
-    write_outputs(args.out, meta, steps, svi)
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        print(f"{header}\n{meta['date']}, {meta['platform']}")
+        print_report(steps, svi)
+        print("\npyroopt.torch vs torch.optim: median ms per step (x: torch's time / ours)")
+        print(torch_optim_table(torch_rows))
+        meta["torch_optim"] = torch_optim_json(torch_rows)
+        if dist_rows:
+            print("\nDistributed SVI step, 2 workers:")
+            print(distributed_table(dist_rows))
+            meta["distributed"] = [asdict(r) for r in dist_rows]
+        print_loaded_and_churn(loaded_rows, churn_rows, meta)
+    write_outputs(args.out, meta, steps, svi, tee.getvalue())
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())
     failed = failed or any(c.status == "error" for c in svi.columns.values())

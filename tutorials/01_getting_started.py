@@ -40,7 +40,7 @@ x, y = data()
 # %% [markdown]
 # ## Training
 # `optim.Adam` takes the same arguments as `pyro.optim.Adam`; all parameters of the
-# guide are stepped together in one fused pass.
+# guide are stepped together, in one pass over a flat buffer, with the same numbers.
 
 # %%
 pyro.clear_param_store()
