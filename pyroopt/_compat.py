@@ -1,4 +1,5 @@
-"""Every private torch name pyroopt uses, each with a fallback for when it is missing.
+"""Every private torch name pyroopt uses, each with a fallback for when it is missing,
+and the public ones that older torch (down to setup.cfg's bound) lacks.
 
 ``torch._foreach_*`` ops need none: they are present in every torch >= 1.9 and are
 the documented fast path of ``torch.optim`` (``foreach=True``), so a missing one
@@ -7,8 +8,9 @@ would mean a torch far below the supported range.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,18 +41,37 @@ def increment_version(tensors: Sequence[Tensor]) -> None:
     """Bump autograd's version counter of ``tensors`` after writing them behind its back.
 
     ``torch._C._increment_version`` (private) takes a list in recent torch and one
-    tensor in older ones; without it an in-place ``mul_(1)`` (exact, -0.0 and NaN
-    kept) under ``no_grad`` bumps the counter the public way.
+    tensor in older ones (torch 2.4 refuses a list with a RuntimeError); without it an
+    in-place ``mul_(1)`` (exact, -0.0 and NaN kept) under ``no_grad`` bumps the counter
+    the public way.
     """
     private = getattr(torch._C, "_increment_version", None)
     if private is not None:
         try:
             private(list(tensors))
             return
-        except TypeError:
+        except (TypeError, RuntimeError):
             for t in tensors:
                 private(t)
             return
     with torch.no_grad():
         for t in tensors:
             t.mul_(1)
+
+
+@contextlib.contextmanager
+def safe_globals(classes: Sequence[Any]) -> Iterator[None]:
+    """Let ``torch.load(..., weights_only=True)`` build ``classes`` inside the block.
+
+    ``torch.serialization.safe_globals`` (torch 2.5+) allows them for the block only;
+    torch 2.4 has only ``add_safe_globals``, which allows them from then on (pyroopt
+    passes plain-data classes, pyro's and torch's constraints).
+    """
+    serialization = torch.serialization
+    scoped = getattr(serialization, "safe_globals", None)
+    if scoped is not None:
+        with scoped(list(classes)):
+            yield
+        return
+    serialization.add_safe_globals(list(classes))
+    yield

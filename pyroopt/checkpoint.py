@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pyroopt import _compat
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -448,7 +450,7 @@ def load_training(
     import pyro
 
     path = os.fspath(filename)
-    with torch.serialization.safe_globals(_constraint_classes()):
+    with _compat.safe_globals(_constraint_classes()):
         state = _read(path, map_location, weights_only, "training checkpoint")
     if not (isinstance(state, Mapping) and {"param_store", "optimizer"} <= set(state)):
         raise ValueError(

@@ -510,6 +510,9 @@ class TorchBucket(Bucket):
     def __init__(self, constructor: Callable[..., Optimizer], group: Group):
         super().__init__(constructor, group)
         self.optimizer: Optimizer | None = None
+        # Whether the optimizer makes its state when constructed rather than on its
+        # first step (torch 2.4's Adagrad), so a parameter that joins needs it made.
+        self._eager_state = False
 
     def _run_args(self) -> Group:
         return self.group
@@ -519,6 +522,10 @@ class TorchBucket(Bucket):
         if self.optimizer is None:
             self.optimizer = construct(self.constructor, [param], self._run_args())
             self.optimizer.param_groups[0]["params"] = self.params
+            self._eager_state = bool(self.optimizer.state)
+        elif self._eager_state:  # the state its own optimizer would have made for it
+            alone = construct(self.constructor, [param], self._run_args())
+            self.optimizer.state[param] = alone.state[param]
         # The optimizer's group holds this very list, so it has seen the insertion.
         return position
 
