@@ -16,7 +16,7 @@ import ctypes
 import functools
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -117,10 +117,47 @@ def mkl_threads_local_address() -> int | None:
 NUMEL_PER_THREAD = 1 << 20
 
 
-def call_root_loop(function: Any, dtype: torch.dtype, min_per_thread: int, *args: Any) -> None:
-    """``function(*args, root, threads, min_per_thread)`` for a loop that takes a square
-    root: ``root`` is torch's own for ``dtype`` (or NULL)."""
-    function(*args, sqrt_function(dtype), threads(), min_per_thread)
+def run_loop(
+    function_for: Callable[[torch.dtype], Any],
+    slots: Sequence[Sequence[Tensor] | None],
+    rest: Sequence[Any],
+    *,
+    min_per_thread: int,
+    root: bool,
+    writes_grads: bool = False,
+) -> bool:
+    """Run the C loop ``function_for(dtype)`` on lists of tensors; ``False`` (nothing
+    changed) if it cannot run here.
+
+    ``slots`` are its tensor lists in the C order, the parameters first and the
+    gradients second; ``None`` stands for a list the loop does not read under these
+    options (the parameters' pointers are passed in its place). The call is
+    ``function(n, *pointers, numels, *rest, [root,] threads, min_per_thread)``, with
+    torch's own square root for the dtype where ``root``. Every list it wrote (all but
+    the gradients, unless ``writes_grads``) is then marked modified for autograd.
+    """
+    params = slots[0]
+    assert params is not None
+    function = function_for(params[0].dtype)
+    if function is None:
+        return False
+    lists = [ts for ts in slots if ts is not None]
+    numels = numels_if_runs(lists)
+    if numels is None:
+        return False
+    roots = (sqrt_function(params[0].dtype),) if root else ()
+    function(
+        len(params),
+        *(pointers(params if ts is None else ts) for ts in slots),
+        int64s(numels),
+        *rest,
+        *roots,
+        threads(),
+        min_per_thread,
+    )
+    written = lists if writes_grads else [lists[0], *lists[2:]]
+    mark_modified([t for ts in written for t in ts])
+    return True
 
 
 _IS_CPU = operator.attrgetter("is_cpu")

@@ -68,25 +68,7 @@ def adagrad_rmsprop_update(
         raise ValueError(f"{len(fresh)} flags and {len(neg_lrs)} rates for {len(params)} tensors")
     if not params:
         return True
-    function = _function(params[0].dtype)
-    if function is None:
-        return False
-    numels = _entry.numels_if_runs((params, grads, sums))
-    if numels is None:
-        return False
-    _entry.call_root_loop(
-        function,
-        params[0].dtype,
-        MIN_NUMEL_PER_THREAD,
-        len(params),
-        _entry.pointers(params),
-        _entry.pointers(grads),
-        _entry.pointers(sums),
-        _entry.int64s(numels),
-        _entry.flags(fresh),
-        _entry.doubles(neg_lrs),
-        1.0 - t,
-        t,
+    rest = (_entry.flags(fresh), _entry.doubles(neg_lrs), 1.0 - t, t)
+    return _entry.run_loop(
+        _function, (params, grads, sums), rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
     )
-    _entry.mark_modified([*params, *sums])
-    return True

@@ -105,32 +105,14 @@ def adam_update(
     if not params:
         return True
     steps = _per_tensor(steps, len(params))
-    function = _adam_function(params[0].dtype)
-    if function is None:
-        return False
-    lists = [params, grads, exp_avgs, exp_avg_sqs]
-    if amsgrad:
-        lists.append(max_exp_avg_sqs)
-    numels = _entry.numels_if_runs(lists)
-    if numels is None:
-        return False
     beta1, beta2 = betas
     # torch.optim.Adam's own expressions, in Python floats (step_size = lr / bc1, then
     # negated; bias_correction2 ** 0.5)
     step_sizes = [-(lr / (1 - beta1**t)) for t in steps]
     bc2_sqrts = [(1 - beta2**t) ** 0.5 for t in steps]
     decay = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    _entry.call_root_loop(
-        function,
-        params[0].dtype,
-        MIN_NUMEL_PER_THREAD,
-        len(params),
-        _entry.pointers(params),
-        _entry.pointers(grads),
-        _entry.pointers(exp_avgs),
-        _entry.pointers(exp_avg_sqs),
-        _entry.pointers(max_exp_avg_sqs if amsgrad else params),  # read only under amsgrad
-        _entry.int64s(numels),
+    slots = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
+    rest = (
         _entry.doubles(step_sizes),
         _entry.doubles(bc2_sqrts),
         1 - beta1,
@@ -143,8 +125,9 @@ def adam_update(
         int(amsgrad),
         int(maximize),
     )
-    _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
-    return True
+    return _entry.run_loop(
+        _adam_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+    )
 
 
 def clipped_adam_update(
@@ -170,23 +153,10 @@ def clipped_adam_update(
     if not params:
         return True
     steps = _per_tensor(steps, len(params))
-    function = _clipped_function(params[0].dtype)
-    if function is None:
-        return False
-    lists = [params, grads, exp_avgs, exp_avg_sqs]
-    numels = _entry.numels_if_runs(lists)
-    if numels is None:
-        return False
     beta1, beta2 = betas
     # pyro's step_size = lr * math.sqrt(bias_correction2) / bias_correction1, negated
     step_sizes = [-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps]
-    _entry.call_root_loop(
-        function,
-        params[0].dtype,
-        MIN_NUMEL_PER_THREAD,
-        len(params),
-        *map(_entry.pointers, lists),
-        _entry.int64s(numels),
+    rest = (
         _entry.doubles(step_sizes),
         clip_norm,
         beta1,
@@ -197,5 +167,11 @@ def clipped_adam_update(
         weight_decay,
         int(centered_variance),
     )
-    _entry.mark_modified([t for ts in lists for t in ts])
-    return True
+    return _entry.run_loop(
+        _clipped_function,
+        (params, grads, exp_avgs, exp_avg_sqs),
+        rest,
+        min_per_thread=MIN_NUMEL_PER_THREAD,
+        root=True,
+        writes_grads=True,  # clamped in place, as pyro does
+    )

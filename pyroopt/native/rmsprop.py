@@ -73,37 +73,12 @@ def rmsprop_update(
     """
     if not params:
         return True
-    function = _function(params[0].dtype)
-    if function is None:
-        return False
-    with_momentum = momentum > 0
-    lists = [params, grads, square_avgs]
-    if centered:
-        lists.append(grad_avgs)
-    if with_momentum:
-        lists.append(bufs)
-    numels = _entry.numels_if_runs(lists)
-    if numels is None:
-        return False
-    _entry.call_root_loop(
-        function,
-        params[0].dtype,
-        MIN_NUMEL_PER_THREAD,
-        len(params),
-        _entry.pointers(params),
-        _entry.pointers(grads),
-        _entry.pointers(square_avgs),
-        _entry.pointers(grad_avgs if centered else params),  # not read unless centered
-        _entry.pointers(bufs if with_momentum else params),  # not read without momentum
-        _entry.int64s(numels),
-        lr,
-        alpha,
-        1 - alpha,
-        eps,
-        weight_decay,
-        momentum,
-        int(centered),
-        int(maximize),
+    slots = (
+        params,
+        grads,
+        square_avgs,
+        grad_avgs if centered else None,
+        bufs if momentum > 0 else None,
     )
-    _entry.mark_modified([t for ts in (lists[:1] + lists[2:]) for t in ts])
-    return True
+    rest = (lr, alpha, 1 - alpha, eps, weight_decay, momentum, int(centered), int(maximize))
+    return _entry.run_loop(_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True)

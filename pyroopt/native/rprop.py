@@ -77,26 +77,11 @@ def rprop_update(
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
-    function = _function(params[0].dtype)
-    if function is None:
-        return False
-    lists = (params, grads, prevs, sizes)
-    numels = _entry.numels_if_runs(lists)
-    if numels is None:
-        return False
-    function(
-        len(params),
-        *map(_entry.pointers, lists),
-        _entry.int64s(numels),
-        _entry.flags(fresh),
-        lr,
-        *etas,
-        *step_sizes,
-        int(maximize),
-        _entry.threads(),
-        MIN_NUMEL_PER_THREAD,
+    rest = (_entry.flags(fresh), lr, *etas, *step_sizes, int(maximize))
+    return _entry.run_loop(
+        _function,
+        (params, grads, prevs, sizes),
+        rest,
+        min_per_thread=MIN_NUMEL_PER_THREAD,
+        root=False,
     )
-    # Written through raw pointers, so autograd did not see it: tell it, as an in-place
-    # torch op would, so a graph that saved a parameter refuses to backward through it.
-    _entry.mark_modified([*params, *prevs, *sizes])
-    return True

@@ -75,20 +75,8 @@ def sgd_update(
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
-    function = _function(params[0].dtype)
-    if function is None:
-        return False
-    with_momentum = momentum != 0
-    lists = (params, grads, bufs) if with_momentum else (params, grads)
-    numels = _entry.numels_if_runs(lists)
-    if numels is None:
-        return False
-    function(
-        len(params),
-        _entry.pointers(params),
-        _entry.pointers(grads),
-        _entry.pointers(bufs if with_momentum else params),  # not read without momentum
-        _entry.int64s(numels),
+    slots = (params, grads, bufs if momentum != 0 else None)  # bufs: read with momentum
+    rest = (
         _entry.flags(fresh),
         lr,
         weight_decay,
@@ -96,8 +84,5 @@ def sgd_update(
         1 - dampening,
         int(nesterov),
         int(maximize),
-        _entry.threads(),
-        MIN_NUMEL_PER_THREAD,
     )
-    _entry.mark_modified([*params, *bufs] if with_momentum else params)
-    return True
+    return _entry.run_loop(_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=False)
