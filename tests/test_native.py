@@ -12,6 +12,7 @@ import torch
 import pyroopt
 from pyroopt import engine, native
 from pyroopt.kernels.base import Batch
+from pyroopt.native import _entry
 from pyroopt.native import rprop as native_rprop
 from pyroopt.native.rprop import rprop_update
 from pyroopt.registry import RULES
@@ -193,6 +194,18 @@ def test_module_entry_point_builds_and_prints_the_path(fresh_load):
         [sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True, check=True
     )
     assert str(fresh_load / "native") in done.stdout
+    # and keeps the in-line root's verdict, so that no first step waits for its check
+    assert "in-line float32 square root: " in done.stdout
+    kept = list((fresh_load / "native").glob("newton-root-*.txt"))
+    assert len(kept) == (0 if _entry.sqrt_function(torch.float32) is None else 1)
+
+
+def test_module_entry_point_says_why_the_loops_are_not_loaded(fresh_load, monkeypatch):
+    monkeypatch.setenv("PYROOPT_NATIVE", "0")
+    done = subprocess.run(
+        [sys.executable, "-m", "pyroopt.native"], capture_output=True, text=True, check=True
+    )
+    assert "not loaded: turned off by PYROOPT_NATIVE=0" in done.stdout
 
 
 def test_module_entry_point_fails_loudly_without_a_compiler(fresh_load, monkeypatch):

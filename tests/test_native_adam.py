@@ -191,6 +191,14 @@ def test_clipped_adam_matches_pyro_bit_for_bit(threads, dtype, combo):
     _check_clipped(combo, SIZES, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_clipped_adam_writes_back_blocks_with_one_clamped_gradient(dtype):
+    """A 3-sigma clip clamps about one gradient in 370: some blocks of the loop have one
+    or two to write back, most none (which it leaves unwritten)."""
+    combo = dict(weight_decay=0.0, centered_variance=False, clip_norm=3.0, lrd=1.0)
+    _check_clipped(combo, SIZES_LONG, dtype, steps=30)
+
+
 @pytest.mark.parametrize("threads", [1, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_clipped_adam_thread_counts_and_big_tensor(threads, dtype):

@@ -7,7 +7,8 @@ pass but round differently. pyroopt's loops (:file:`rprop.c`, :file:`sgd.c`,
 split of :file:`parallel.c`) do the chain's operations in one pass, in the same order
 and precision, with fused multiply-adds exactly where torch's vectorized CPU ops use
 them and torch's own (MKL) square root, so every element gets the value the chain gives
-it. They are plain C, no Python or torch headers, compiled with the system C compiler
+it. (Where MKL's float32 root was checked, on every input, to be the Newton step of
+:file:`newton_root.h`, the loops compute it in line instead of calling MKL.) They are plain C, no Python or torch headers, compiled with the system C compiler
 into pyroopt's cache directory and called through :mod:`ctypes` with data pointers.
 
 ``make install`` builds it (``python -m pyroopt.native``); otherwise the first call
@@ -163,6 +164,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pyroopt_use_mkl.argtypes = [ctypes.c_void_p]
     lib.pyroopt_use_mkl.restype = None
     lib.pyroopt_use_mkl(_entry.mkl_threads_local_address())
+    from pyroopt.native import _newton_root
+
+    lib.pyroopt_use_newton_root.argtypes = [ctypes.c_int]
+    lib.pyroopt_use_newton_root.restype = None
+    lib.pyroopt_use_newton_root(_newton_root.reason_off(lib) is None)
     return lib, None
 
 

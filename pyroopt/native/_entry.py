@@ -50,18 +50,24 @@ def typed(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
     return function
 
 
-@functools.cache
-def _torch_cpu() -> ctypes.CDLL | None:
-    """torch's CPU library (already loaded), where MKL's functions are exported."""
+def torch_cpu_path() -> str | None:
+    """The file of torch's CPU library, where MKL's functions are exported."""
     folder = os.path.join(os.path.dirname(torch.__file__), "lib")
     for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
         path = os.path.join(folder, name)
         if os.path.exists(path):
-            try:
-                return ctypes.CDLL(path)
-            except OSError:
-                return None
+            return path
     return None
+
+
+@functools.cache
+def _torch_cpu() -> ctypes.CDLL | None:
+    """torch's CPU library (already loaded)."""
+    path = torch_cpu_path()
+    try:
+        return ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
 
 
 def _address(name: str) -> int | None:
@@ -80,7 +86,8 @@ def sqrt_function(dtype: torch.dtype) -> int | None:
     Built with MKL, torch computes ``sqrt`` of float32/float64 tensors with MKL's
     vector library in high-accuracy mode (``vmsSqrt``/``vmdSqrt``), which is within
     1 ulp but not always correctly rounded (measured on torch 2.13: 16% of float32
-    roots differ from libm's by 1 ulp), so the loops call that same function.
+    roots differ from libm's by 1 ulp), so the loops call that same function (or, for
+    float32, compute its bits in line where that was checked: :mod:`._newton_root`).
     """
     if not torch.backends.mkl.is_available() or dtype not in SUFFIXES:
         return None

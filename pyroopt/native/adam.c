@@ -34,6 +34,15 @@
 #include "parallel.h"
 #include "vsqrt.h"
 
+/* torch.clamp(g, lo, hi): the lower bound, then the upper one (so hi wins where
+ * lo > hi); keeps NaN (which then counts as changed, NaN != NaN, and is written back
+ * as it was) */
+#define PYROOPT_CLAMP(g, lo, hi)                                                       \
+    ({                                                                                 \
+        __typeof__(g) above_ = (g) < (lo) ? (lo) : (g);                                \
+        above_ > (hi) ? (hi) : above_;                                                 \
+    })
+
 /* torch.maximum: NaN if either is NaN */
 #define PYROOPT_MAXIMUM(a, b) ((a) != (a) ? (a) : ((b) != (b) ? (b) : ((a) > (b) ? (a) : (b))))
 
@@ -160,12 +169,10 @@
         for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
             int64_t len = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;   \
             T *p = param + lo, *gr = grad + lo, *m = ea + lo, *v = eas + lo;           \
+            int clamped = 0;                                                           \
             for (int64_t i = 0; i < len; ++i) {                                        \
-                T g = gr[i];                                                           \
-                /* torch.clamp keeps NaN */                                            \
-                g = g < lo_clip ? lo_clip : g;                                         \
-                g = g > hi_clip ? hi_clip : g;                                         \
-                gr[i] = g;                                                             \
+                T g = PYROOPT_CLAMP(gr[i], lo_clip, hi_clip);                          \
+                clamped |= g != gr[i];                                                 \
                 if (decay) g = FMA(wd, p[i], g);                                       \
                 T mi = FMA(w1, g, m[i] * beta1);                                       \
                 m[i] = mi;                                                             \
@@ -174,6 +181,11 @@
                 v[i] = vi;                                                             \
                 d[i] = vi;                                                             \
             }                                                                          \
+            /* the clamped gradients are written back (as pyro's clamp_ does) only   \
+             * where one changed: a block left as it was is never written to memory */ \
+            if (clamped)                                                               \
+                for (int64_t i = 0; i < len; ++i)                                      \
+                    gr[i] = PYROOPT_CLAMP(gr[i], lo_clip, hi_clip);                    \
             block_sqrt_##SUFFIX(root, d, len);                                         \
             for (int64_t i = 0; i < len; ++i) p[i] = p[i] + (step * m[i]) / (d[i] + eps); \
         }                                                                              \
