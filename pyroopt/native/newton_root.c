@@ -42,20 +42,24 @@ static inline __attribute__((target("avx"))) __m256 newton_step(__m256 a) {
     return _mm256_or_ps(_mm256_andnot_ps(zero, root), _mm256_and_ps(zero, a));
 }
 
+/* Lanes [0, left) of a vector: 8 - left ones, then zeros, read from offset 8 - left. */
+static const int32_t LANES[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
 /* 1 if every x[0..n) is one the Newton root takes, and then they are replaced by their
- * roots; else 0. A last partial vector goes through a padded copy. */
+ * roots; else 0. A last partial vector is read and written lane by lane (masked). */
 static __attribute__((target("avx"))) int newton_roots(float *x, int64_t n) {
     int64_t whole = n & ~(int64_t)7;
-    float pad[8] = {0};
-    memcpy(pad, x + whole, (size_t)(n - whole) * sizeof(float));
-    __m256 taken = newton_takes(_mm256_loadu_ps(pad));
+    __m256i last = _mm256_loadu_si256((const __m256i *)(LANES + 8 - (n - whole)));
+    __m256 taken = newton_takes(_mm256_maskload_ps(x + whole, last)); /* 0 where masked */
+#pragma GCC unroll 4
     for (int64_t i = 0; i < whole; i += 8)
         taken = _mm256_and_ps(taken, newton_takes(_mm256_loadu_ps(x + i)));
     if (_mm256_movemask_ps(taken) != 0xFF) return 0;
+#pragma GCC unroll 4
     for (int64_t i = 0; i < whole; i += 8)
         _mm256_storeu_ps(x + i, newton_step(_mm256_loadu_ps(x + i)));
-    _mm256_storeu_ps(pad, newton_step(_mm256_loadu_ps(pad)));
-    memcpy(x + whole, pad, (size_t)(n - whole) * sizeof(float));
+    if (whole < n)
+        _mm256_maskstore_ps(x + whole, last, newton_step(_mm256_maskload_ps(x + whole, last)));
     return 1;
 }
 
