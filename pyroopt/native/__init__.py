@@ -8,7 +8,8 @@ split of :file:`parallel.c`) do the chain's operations in one pass, in the same 
 and precision, with fused multiply-adds exactly where torch's vectorized CPU ops use
 them and torch's own (MKL) square root, so every element gets the value the chain gives
 it. (Where MKL's float32 root was checked, on every input, to be the Newton step of
-:file:`newton_root.h`, the loops compute it in line instead of calling MKL.) They are plain C, no Python or torch headers, compiled with the system C compiler
+:file:`newton_root.h`, the loops compute it in line instead of calling MKL.)
+They are plain C, no Python or torch headers, compiled with the system C compiler
 into pyroopt's cache directory and called through :mod:`ctypes` with data pointers.
 
 ``make install`` builds it (``python -m pyroopt.native``); otherwise the first call
