@@ -1,5 +1,5 @@
-"""Every private torch name pyroopt uses, each with a fallback for when it is missing,
-and the public ones that older torch (down to setup.cfg's bound) lacks.
+"""Every private torch (and Pyro) name pyroopt uses, each with a fallback for when it is
+missing, and the public ones that older torch (down to setup.cfg's bound) lacks.
 
 ``torch._foreach_*`` ops need none: they are present in every torch >= 1.9 and are
 the documented fast path of ``torch.optim`` (``foreach=True``), so a missing one
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -75,3 +77,21 @@ def safe_globals(classes: Sequence[Any]) -> Iterator[None]:
         return
     serialization.add_safe_globals(list(classes))
     yield
+
+
+def moved_in_store(store: Any, named: Mapping[str, Tensor]) -> list[str]:
+    """The names in ``named`` (name -> tensor) under which Pyro's param store no longer
+    knows their tensors: where ``store.param_name(named[name]) != name``.
+
+    ``param_name`` hashes a tensor through the Python-level ``Tensor.__hash__`` (about
+    0.3 us a lookup), so the store's private ``_params`` (name -> tensor) is asked
+    first, in C, whether each name still holds its tensor. A name that does is one
+    ``param_name`` confirms (the store sets both maps together); only the others are
+    asked of ``param_name``. Without that dict, every name is.
+    """
+    private = getattr(store, "_params", None)
+    unsure: Iterable[str] = named
+    if isinstance(private, dict):
+        held = map(operator.is_, map(private.get, named), named.values())
+        unsure = itertools.compress(named, map(operator.not_, held))
+    return [name for name in unsure if store.param_name(named[name]) != name]

@@ -54,6 +54,9 @@ class ParamTable:
         #: the entry exists; id() is a C call where ``Tensor.__hash__`` is a Python one.
         self.by_id: dict[int, Slot] = {}
         self._by_name: dict[str, Slot] = {}
+        #: name -> slot.param, beside ``_by_name``, so that checking every name against
+        #: the param store reads no slot
+        self._named_params: dict[str, Tensor] = {}
         self._arrivals = itertools.count()
 
     def __len__(self) -> int:
@@ -77,18 +80,25 @@ class ParamTable:
             raise KeyError(f"parameter name {slot.name!r} already has a slot")
         else:
             self._by_name[slot.name] = slot
+            self._named_params[slot.name] = slot.param
         self.by_id[id(slot.param)] = slot
 
     def remove(self, slot: Slot) -> None:
         del self.by_id[id(slot.param)]
         if slot.name is not None:
             del self._by_name[slot.name]
+            del self._named_params[slot.name]
 
     def unname(self, slot: Slot) -> None:
         """Let ``slot`` go on without its name (which now belongs to another tensor)."""
         del self._by_name[slot.name]  # type: ignore[arg-type]
+        del self._named_params[slot.name]  # type: ignore[arg-type]
         slot.name = None
         slot.sort_key = (1, next(self._arrivals))
+
+    def named_params(self) -> dict[str, Tensor]:
+        """name -> tensor of every named slot (the table's own dict: do not change it)."""
+        return self._named_params
 
     def names(self) -> list[str]:
         """The names of the named slots, sorted."""

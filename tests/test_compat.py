@@ -161,3 +161,42 @@ def test_a_parameter_joining_a_torch_optimizer_that_makes_its_state_when_built(m
             reference.step()
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q)
+
+
+def _moved_by_param_name(store, named):
+    return [name for name, t in named.items() if store.param_name(t) != name]
+
+
+def test_moved_in_store_is_what_param_name_says_after_every_kind_of_change():
+    import pyro
+
+    pyro.clear_param_store()
+    store = pyro.get_param_store()
+    named = {f"p{i}": pyro.param(f"p{i}", torch.zeros(2)).unconstrained() for i in range(6)}
+    assert _compat.moved_in_store(store, named) == []
+    del store["p1"]  # gone
+    store["p2"] = torch.ones(2)  # a new tensor; the old one still maps to p2 in pyro
+    pyro.param("p3", torch.zeros(2))  # unchanged
+    saved = store.get_state()
+    expected = _moved_by_param_name(store, named)
+    assert _compat.moved_in_store(store, named) == expected == ["p1"]
+    store.clear()
+    assert _compat.moved_in_store(store, named) == _moved_by_param_name(store, named)
+    assert len(_compat.moved_in_store(store, named)) == 6
+    store.set_state(saved)  # the same tensors back under their names (p2: the new one)
+    assert _compat.moved_in_store(store, named) == _moved_by_param_name(store, named)
+    assert _compat.moved_in_store(store, named) == ["p1", "p2"]
+    pyro.clear_param_store()
+
+
+def test_moved_in_store_without_the_private_dict_asks_param_name():
+    class Store:
+        def __init__(self, names):
+            self.names = names  # id -> name
+
+        def param_name(self, t):
+            return self.names.get(id(t))
+
+    a, b = torch.zeros(1), torch.zeros(1)
+    store = Store({id(a): "a", id(b): "other"})
+    assert _compat.moved_in_store(store, {"a": a, "b": b}) == ["b"]
