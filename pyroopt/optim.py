@@ -356,7 +356,8 @@ class PyroOptim(pyro.optim.PyroOptim):
         table = self._table
         # mostly in C: a table of thousands (a new site every step) stays cheap
         moved = moved_in_store(pyro.get_param_store(), table.named_params())
-        stale = [slot for slot in map(table.named, moved) if id(slot.param) not in keep]
+        slots = [table.by_name(name) for name in moved]
+        stale = [slot for slot in slots if id(slot.param) not in keep]
         for slot in sorted(stale, key=_slot_order):
             self._retire(slot)
 

@@ -72,6 +72,10 @@ class ParamTable:
     def named(self, name: str) -> Slot | None:
         return self._by_name.get(name)
 
+    def by_name(self, name: str) -> Slot:
+        """The slot named ``name``, which must exist."""
+        return self._by_name[name]
+
     def add(self, slot: Slot) -> None:
         """Enter ``slot``; its name must be free (retire the old holder first)."""
         if slot.name is None:
