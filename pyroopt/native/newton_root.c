@@ -42,7 +42,7 @@ static inline __attribute__((target("avx"))) __m256 newton_step(__m256 a) {
     return _mm256_or_ps(_mm256_andnot_ps(zero, root), _mm256_and_ps(zero, a));
 }
 
-/* Lanes [0, left) of a vector: 8 - left ones, then zeros, read from offset 8 - left. */
+/* The mask of lanes [0, left) of a vector: the 8 entries from offset 8 - left. */
 static const int32_t LANES[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 /* 1 if every x[0..n) is one the Newton root takes, and then they are replaced by their
