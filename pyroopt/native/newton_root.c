@@ -27,7 +27,7 @@ static inline __attribute__((target("avx"))) __m256 newton_takes(__m256 a) {
     return _mm256_or_ps(normal, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_EQ_OQ));
 }
 
-/* The Newton step of newton_root.h, eight lanes; a zero keeps its value (and sign). */
+/* The Newton step of newton_root.h, eight lanes. */
 static inline __attribute__((target("avx"))) __m256 newton_step(__m256 a) {
     const __m256 half = _mm256_set1_ps(0.5f);
     __m256 y = _mm256_rsqrt_ps(a);
@@ -37,29 +37,55 @@ static inline __attribute__((target("avx"))) __m256 newton_step(__m256 a) {
     __m256 s1 = _mm256_add_ps(_mm256_mul_ps(s, e), s);
     __m256 h1 = _mm256_add_ps(_mm256_mul_ps(h, e), h);
     __m256 r = _mm256_sub_ps(a, _mm256_mul_ps(s1, s1));
-    __m256 root = _mm256_add_ps(_mm256_mul_ps(r, h1), s1);
+    return _mm256_add_ps(_mm256_mul_ps(r, h1), s1);
+}
+
+/* newton_step, where a zero keeps its value (and sign). */
+static inline __attribute__((target("avx"))) __m256 newton_step_zeros(__m256 a) {
     __m256 zero = _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_EQ_OQ);
-    return _mm256_or_ps(_mm256_andnot_ps(zero, root), _mm256_and_ps(zero, a));
+    return _mm256_or_ps(_mm256_andnot_ps(zero, newton_step(a)), _mm256_and_ps(zero, a));
 }
 
 /* The mask of lanes [0, left) of a vector: the 8 entries from offset 8 - left. */
 static const int32_t LANES[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 /* 1 if every x[0..n) is one the Newton root takes, and then they are replaced by their
- * roots; else 0. A last partial vector is read and written lane by lane (masked). */
+ * roots; else 0. First the cheap question: are all of them normal and at most
+ * 0x1.ffep127 (smallest, largest, any NaN)? Only if not, lane by lane, which also lets
+ * zeros through. A last partial vector is read and written lane by lane (masked), its
+ * other lanes standing in as ones. */
 static __attribute__((target("avx"))) int newton_roots(float *x, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
     int64_t whole = n & ~(int64_t)7;
     __m256i last = _mm256_loadu_si256((const __m256i *)(LANES + 8 - (n - whole)));
-    __m256 taken = newton_takes(_mm256_maskload_ps(x + whole, last)); /* 0 where masked */
+    __m256 in_last = _mm256_castsi256_ps(last);
+    __m256 tail = _mm256_or_ps(_mm256_and_ps(in_last, _mm256_maskload_ps(x + whole, last)),
+                               _mm256_andnot_ps(in_last, one));
+    __m256 lo = tail, hi = tail, nan = _mm256_cmp_ps(tail, tail, _CMP_UNORD_Q);
 #pragma GCC unroll 4
+    for (int64_t i = 0; i < whole; i += 8) {
+        __m256 a = _mm256_loadu_ps(x + i);
+        lo = _mm256_min_ps(lo, a);
+        hi = _mm256_max_ps(hi, a);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    }
+    __m256 normal = _mm256_and_ps(_mm256_cmp_ps(lo, _mm256_set1_ps(0x1p-126f), _CMP_GE_OQ),
+                                  _mm256_cmp_ps(hi, _mm256_set1_ps(0x1.ffep127f), _CMP_LE_OQ));
+    if (_mm256_movemask_ps(nan) != 0) return 0;
+    if (_mm256_movemask_ps(normal) == 0xFF) {
+#pragma GCC unroll 4
+        for (int64_t i = 0; i < whole; i += 8)
+            _mm256_storeu_ps(x + i, newton_step(_mm256_loadu_ps(x + i)));
+        if (whole < n) _mm256_maskstore_ps(x + whole, last, newton_step(tail));
+        return 1;
+    }
+    __m256 taken = newton_takes(tail);
     for (int64_t i = 0; i < whole; i += 8)
         taken = _mm256_and_ps(taken, newton_takes(_mm256_loadu_ps(x + i)));
     if (_mm256_movemask_ps(taken) != 0xFF) return 0;
-#pragma GCC unroll 4
     for (int64_t i = 0; i < whole; i += 8)
-        _mm256_storeu_ps(x + i, newton_step(_mm256_loadu_ps(x + i)));
-    if (whole < n)
-        _mm256_maskstore_ps(x + whole, last, newton_step(_mm256_maskload_ps(x + whole, last)));
+        _mm256_storeu_ps(x + i, newton_step_zeros(_mm256_loadu_ps(x + i)));
+    if (whole < n) _mm256_maskstore_ps(x + whole, last, newton_step_zeros(tail));
     return 1;
 }
 
