@@ -27,7 +27,7 @@ import pyro
 import torch
 
 import pyroopt
-from benchmarks import churn, loaded, report
+from benchmarks import churn, loaded, report, square_root
 from benchmarks.churn import ChurnResult
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
@@ -255,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  pyroopt.torch vs torch.optim (Adam step, ELBOModule step)", flush=True)
     dist_rows = [] if args.no_distributed else run_distributed(settings.svi.repeats)
     loaded_rows, churn_rows = run_loaded_and_churn(args.quick)
+    root_rows = square_root.time_roots(settings.steps, args.quick, SEED)
+    print("  square roots in line and through MKL", flush=True)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
     tee = _Tee(sys.stdout)
@@ -269,6 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(distributed_table(dist_rows))
             meta["distributed"] = [asdict(r) for r in dist_rows]
         print_loaded_and_churn(loaded_rows, churn_rows, meta)
+        print(
+            "\nThe float32 square root in pyroopt's step: in line against MKL's call "
+            f"(median ms per step; in-line root {square_root.in_line_state()}):"
+        )
+        print(square_root.table(root_rows))
+        meta["square_root"] = [asdict(r) for r in root_rows]
     write_outputs(args.out, meta, steps, svi, tee.getvalue())
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())

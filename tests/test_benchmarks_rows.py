@@ -1,4 +1,5 @@
-"""Smoke test: the loaded and churn benchmark rows run in their quick form and give rows.
+"""Smoke test: the loaded, churn and square-root benchmark rows run in their quick form and
+give rows.
 
 Not a timing test: nothing here compares a time to a bound.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import churn, goals, loaded
+from benchmarks import churn, goals, loaded, square_root
+from benchmarks.timing import Plan
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +40,30 @@ def test_goals_cover_every_spec() -> None:
     large = {g.optimizer for g in goals.GOALS if g.shape == (10, 1_000_000)}
     assert "Adam" in large and "AdamW" in large and "Adagrad" in large
     assert any(g.optimizer == "Adam" and g.bound == 100.0 for g in goals.GOALS)
+
+
+def _in_line_takes_a_block() -> bool:
+    """Whether the native library takes a block of ordinary roots in line now."""
+    import ctypes
+
+    import torch
+
+    from pyroopt import native
+
+    lib = native.library()
+    assert lib is not None
+    function = lib.pyroopt_newton_root_f32
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    x = torch.full((64,), 2.0, dtype=torch.float32)
+    return bool(function(x.data_ptr(), 64))
+
+
+def test_square_root_rows_run_and_leave_the_in_line_root_as_it_was() -> None:
+    before = _in_line_takes_a_block()
+    assert before == (square_root.in_line_state() == "on")
+    rows = square_root.time_roots(Plan(repeats=1, warmup=1, target_seconds=0.001), True, 0)
+    assert [r.optimizer for r in rows] == list(square_root.ROOT_RULES)
+    assert all(set(r.ms) == set(square_root.CASES) and min(r.ms.values()) > 0 for r in rows)
+    assert "MKL/in-line" in square_root.table(rows)
+    assert _in_line_takes_a_block() == before
