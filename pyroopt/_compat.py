@@ -86,8 +86,9 @@ def moved_in_store(store: Any, named: Mapping[str, Tensor]) -> list[str]:
     ``param_name`` hashes a tensor through the Python-level ``Tensor.__hash__`` (about
     0.3 us a lookup), so the store's private ``_params`` (name -> tensor) is asked
     first, in C, whether each name still holds its tensor. A name that does is one
-    ``param_name`` confirms (the store sets both maps together); only the others are
-    asked of ``param_name``. Without that dict, every name is.
+    ``param_name`` confirms: the store sets both maps together, and only a tensor
+    object set under two names (which no Pyro call does) could break that. Only the
+    other names are asked of ``param_name``; without that dict, every name is.
     """
     private = getattr(store, "_params", None)
     unsure: Iterable[str] = named
