@@ -32,30 +32,33 @@ def lib():
     return lib
 
 
-@pytest.fixture
-def mkl_root():
-    root = _entry.sqrt_function(torch.float32)
-    if root is None:
-        pytest.skip("torch takes correctly rounded roots here (no MKL): no in-line root")
-    return root
-
-
-#: where the in-line root must be on: AMD's CPUs, on which torch's MKL runs its
-#: untuned kernel, the one the Newton root reproduces (seen with MKL 2024.2 on an AMD
-#: EPYC). On other CPUs MKL may run another kernel; there the root is off, rightly.
-MUST_BE_ON = "AuthenticAMD" in _newton_root.cpu_identity()
+#: the root torch calls for float32 (MKL's), or None where torch has no MKL
+MKL_ROOT = _entry.sqrt_function(torch.float32)
+#: where the in-line root must be on: AMD's CPUs with torch's MKL, which runs its
+#: untuned kernel there, the one the Newton root reproduces (seen with MKL 2024.2 on an
+#: AMD EPYC). On other CPUs MKL may run another kernel; there the root is off, rightly,
+#: and the tests below check that instead.
+MUST_BE_ON = MKL_ROOT is not None and "AuthenticAMD" in _newton_root.cpu_identity()
 
 
 @pytest.fixture
-def newton_on(lib, mkl_root):
-    """The in-line root on for the test (as the process's verdict has it)."""
+def in_line(lib):
+    """Whether the loops take roots in line here (the process's verdict); back to it
+    after the test."""
     reason = _newton_root.reason_off(lib)
-    if reason is not None:
-        if MUST_BE_ON:
-            pytest.fail(f"the in-line root is off on an AMD CPU: {reason}")
-        pytest.skip(f"the in-line root is off on this CPU: {reason}")
-    yield
+    if MUST_BE_ON:
+        assert reason is None, f"the in-line root is off on an AMD CPU: {reason}"
+    yield reason is None
+    lib.pyroopt_use_newton_root(int(reason is None))
+
+
+@pytest.fixture
+def forced(lib):
+    """The Newton kernel itself, on for the test whatever this machine's verdict (for
+    tests of the kernel, not of its agreement with MKL); back to the verdict after."""
     lib.pyroopt_use_newton_root(1)
+    yield
+    lib.pyroopt_use_newton_root(int(_newton_root.reason_off(lib) is None))
 
 
 def _in_line(lib, x: torch.Tensor) -> int:
@@ -69,19 +72,43 @@ def _floats(patterns) -> torch.Tensor:
     return torch.tensor(np.array(patterns, dtype=np.uint32).view(np.float32))
 
 
-def test_kept_verdict_is_a_fresh_check_of_every_float32(lib, mkl_root):
-    assert _newton_root.check(lib, mkl_root) == (_newton_root.reason_off(lib) or "same")
+def test_kept_verdict_is_a_fresh_check_of_every_float32(lib):
+    reason = _newton_root.reason_off(lib)
+    if os.environ.get(_newton_root.SWITCH) == "0":
+        assert reason == f"turned off by {_newton_root.SWITCH}=0"
+    elif MKL_ROOT is None:
+        assert reason == "torch takes the correctly rounded root here, which the loops call"
+    else:
+        assert _newton_root.check(lib, MKL_ROOT) == (reason or "same")
 
 
-def test_check_reports_the_smallest_differing_pattern(lib, newton_on):
-    """Against libm's correctly rounded roots (a fifth of MKL's differ), on 1 and 2
-    threads; the expected pattern found by the in-line root itself, element by element."""
+@VSQRT_F32
+def _correctly_rounded(n, a, r, mode):
+    """libm's roots, as a vmsSqrt (a fifth of them differ from MKL's)."""
+    values = np.ctypeslib.as_array(a, shape=(n,))
+    np.ctypeslib.as_array(r, shape=(n,))[:] = np.sqrt(values)
+
+
+def _newton_kernel(lib):
+    """The Newton kernel, as a vmsSqrt: what the check compares with agrees with it
+    everywhere, so a check against it finds nothing, whatever this CPU's MKL does."""
 
     @VSQRT_F32
-    def correctly_rounded(n, a, r, mode):
-        values = np.ctypeslib.as_array(a, shape=(n,))
-        np.ctypeslib.as_array(r, shape=(n,))[:] = np.sqrt(values)
+    def roots(n, a, r, mode):
+        out = np.ctypeslib.as_array(r, shape=(n,))
+        out[:] = np.ctypeslib.as_array(a, shape=(n,))
+        assert _in_line(lib, torch.from_numpy(out)) == 1  # the check passes only those
 
+    return roots
+
+
+def _address(function) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def test_check_reports_the_smallest_differing_pattern(lib, forced):
+    """Against libm's correctly rounded roots, on 1 and 2 threads; the expected pattern
+    found by the Newton kernel itself, element by element."""
     span = (ONE + 12345, ONE + 12345 + 200_000)
     values = _floats(np.arange(span[0], span[1] + 1))
     ours = values.clone()
@@ -89,28 +116,44 @@ def test_check_reports_the_smallest_differing_pattern(lib, newton_on):
     differs = ours.numpy().view(np.uint32) != np.sqrt(values.numpy()).view(np.uint32)
     first = span[0] + int(np.argmax(differs))
     assert differs.any() and first > span[0]
-    address = ctypes.cast(correctly_rounded, ctypes.c_void_p).value
     for threads in (1, 2):
-        verdict = _newton_root.check(lib, address, (span,), threads=threads)
+        verdict = _newton_root.check(lib, _address(_correctly_rounded), (span,), threads=threads)
         assert verdict == f"the Newton root differs from torch's at bit pattern {first:#010x}"
 
 
-def test_check_covers_the_edges_of_what_it_takes(lib, newton_on, mkl_root):
-    """Ranges with patterns the in-line root does not take (subnormals, negatives)
-    compare only those it takes; torch's root agrees there."""
-    for span in ((0, 0x00800100), (0x7F7FE000, 0x7FFFFFFF), (0x80000000, 0x80001000)):
-        assert _newton_root.check(lib, mkl_root, (span,)) == "same"
+EDGES = ((0, 0x00800100), (0x7F7FE000, 0x7FFFFFFF), (0x80000000, 0x80001000))
+
+
+def test_check_covers_the_edges_of_what_it_takes(lib, forced):
+    """Ranges with patterns the Newton root does not take (subnormals, infinities, NaN,
+    negatives) compare only those it takes."""
+    kernel = _newton_kernel(lib)
+    for span in EDGES:
+        assert _newton_root.check(lib, _address(kernel), (span,), threads=1) == "same"
+
+
+def test_torchs_root_agrees_at_the_edges_where_the_root_is_on(lib, in_line):
+    """On: torch's root agrees at the edges too. Off because of a difference: the
+    pattern the verdict names really differs."""
+    reason = _newton_root.reason_off(lib)
+    if in_line:
+        assert {_newton_root.check(lib, MKL_ROOT, (span,)) for span in EDGES} == {"same"}
+    elif MKL_ROOT is not None and reason.startswith("the Newton root differs"):
+        pattern = int(reason.rsplit(" ", 1)[1], 16)
+        assert _newton_root.check(lib, MKL_ROOT, ((pattern, pattern),)) == reason
 
 
 @pytest.mark.parametrize("n", [*range(1, 18), 255, 256, 257, 4099])
-def test_in_line_root_is_torchs_root_at_every_length(lib, newton_on, n):
+def test_in_line_root_is_torchs_root_at_every_length(lib, in_line, n):
+    """Where the root is on, it takes every block of ordinary values and gives torch's
+    bits; where it is off, it takes none (the loops call torch's root)."""
     gen = torch.Generator().manual_seed(n)
     scale = 10.0 ** torch.randint(-37, 38, (n,), generator=gen).float()  # 1e-37..1e37
     x = (torch.rand(n, generator=gen, dtype=torch.float32) + 0.5) * scale
     x[:: max(1, n // 3)] = 0.0
     ours = x.clone()
-    assert _in_line(lib, ours) == 1
-    assert torch.equal(ours, torch.sqrt(x))
+    assert _in_line(lib, ours) == int(in_line)
+    assert torch.equal(ours, torch.sqrt(x) if in_line else x)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +169,7 @@ def test_in_line_root_is_torchs_root_at_every_length(lib, newton_on, n):
         "negative subnormal",
     ],
 )
-def test_in_line_root_leaves_a_block_with_what_it_does_not_take(lib, newton_on, pattern):
+def test_in_line_root_leaves_a_block_with_what_it_does_not_take(lib, forced, pattern):
     x = torch.rand(300, dtype=torch.float32) + 0.5
     x[123] = _floats([pattern])[0]
     ours = x.clone()
@@ -134,7 +177,7 @@ def test_in_line_root_leaves_a_block_with_what_it_does_not_take(lib, newton_on, 
     assert torch.equal(ours.view(torch.int32), x.view(torch.int32))
 
 
-def test_in_line_root_keeps_the_sign_of_zero(lib, newton_on):
+def test_in_line_root_keeps_the_sign_of_zero(lib, forced):
     x = torch.tensor([0.0, -0.0, 4.0, -0.0], dtype=torch.float32)
     assert _in_line(lib, x) == 1
     assert (
@@ -143,7 +186,7 @@ def test_in_line_root_keeps_the_sign_of_zero(lib, newton_on):
     )
 
 
-def test_in_line_root_is_off_when_turned_off_or_flushing_subnormals(lib, newton_on):
+def test_in_line_root_is_off_when_turned_off_or_flushing_subnormals(lib, forced):
     x = torch.rand(64, dtype=torch.float32) + 0.5
     lib.pyroopt_use_newton_root(0)
     assert _in_line(lib, x.clone()) == 0
@@ -187,18 +230,21 @@ def _run(factory, args, sizes, steps=25):
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_loops_give_the_same_bits_with_and_without_the_in_line_root(lib, newton_on, rule):
+def test_loops_give_the_same_bits_as_with_torchs_root_for_every_block(lib, in_line, rule):
+    """The loops as this machine's verdict runs them (the in-line root where it is on)
+    against the same loops with torch's root for every block. (Where the root is off,
+    both take torch's; on an AMD CPU it must be on, so there this compares the two.)"""
     factory, args = RULES[rule]
     sizes = [1, 17, 300, 1037, 5000]
     lib.pyroopt_use_newton_root(0)
     with_torchs_root = _run(factory, args, sizes)
-    lib.pyroopt_use_newton_root(1)
-    in_line = _run(factory, args, sizes)
-    for ours, theirs in zip(in_line, with_torchs_root, strict=True):
+    lib.pyroopt_use_newton_root(int(in_line))
+    as_here = _run(factory, args, sizes)
+    for ours, theirs in zip(as_here, with_torchs_root, strict=True):
         assert torch.equal(ours, theirs)
 
 
-def test_flushing_subnormals_on_one_thread_still_gives_torchs_bits(lib, newton_on):
+def test_flushing_subnormals_on_one_thread_still_gives_torchs_bits(lib, in_line):
     """With torch.set_flush_denormal(True) the loops take torch's root (MKL computes it
     in its own mode) and round the rest as torch's ops on that thread do."""
     before = torch.get_num_threads()
@@ -236,10 +282,13 @@ class _Checks:
 
 
 @pytest.fixture
-def kept(monkeypatch, tmp_path, mkl_root):
-    """reason_off with the library "built" in tmp_path and a counted stand-in check."""
+def kept(monkeypatch, tmp_path):
+    """reason_off with the library "built" in tmp_path, a counted stand-in check and,
+    where torch has no MKL, a stand-in address for its root (the check never calls it)."""
     library = tmp_path / "pyroopt_native-0123456789abcdef.so"
     monkeypatch.setattr(native, "build", lambda: library)
+    if MKL_ROOT is None:
+        monkeypatch.setattr(_entry, "sqrt_function", lambda dtype: 1)
     monkeypatch.delenv(_newton_root.SWITCH, raising=False)
 
     def use(verdict):
