@@ -47,7 +47,9 @@ def _clone_calls(path):
     ``name.avx2``), the functions it calls through the PLT, from ``objdump -d``."""
     listing = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     calls: dict[str, set[str]] = {}
     function = None
