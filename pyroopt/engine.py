@@ -129,6 +129,10 @@ class Bucket(ABC):
         #: the dtype and device every member has (set by the first)
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
+        #: Set by the caller just before :meth:`step` when no member has been given new
+        #: storage since the end of the bucket's previous step (the optimizer knows from
+        #: its plan); a bucket with flat values reads it, and clears it, in that step.
+        self.storage_unchanged = False
 
     def add(self, param: Tensor, sort_key: Any = None) -> int:
         """Make ``param`` a member; its position in ``params``.
@@ -221,6 +225,8 @@ class RuleBucket(Bucket):
         self._views: dict[str, list[Tensor]] = {}
         self._target: GroupOptimizer | None = None
         self._values: FlatValues | None = None  # while the bucket steps flat
+        # the flat values known intact at the end of the last step (None: not known)
+        self._verified: FlatValues | None = None
 
     def schedule_target(self) -> Optimizer:
         if self._target is None:
@@ -292,6 +298,9 @@ class RuleBucket(Bucket):
 
     # -- stepping ---------------------------------------------------------------
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+        unchanged, self.storage_unchanged = self.storage_unchanged, False
+        if not unchanged:
+            self._verified = None
         closure = _closure_only(self.constructor, args, kwargs)
         if closure is not None:
             # Once per bucket: torch optimizers evaluate the closure before updating.
@@ -339,7 +348,10 @@ class RuleBucket(Bucket):
     def _step_flat(self, grads: list[Tensor]) -> None:
         values = self._values
         assert values is not None
-        if not values.intact():  # a parameter was given new storage: take its values
+        # Known intact at the end of the last step, and no storage changed since: the
+        # check (a data pointer per parameter) is not needed.
+        if values is not self._verified and not values.intact():
+            # a parameter was given new storage: take its values
             self._layout_params = []
             self._ensure_layout()
             values = self._values
@@ -360,6 +372,7 @@ class RuleBucket(Bucket):
         if not self._native(batch):
             self.rule.update(batch, self.group, per_param)
         values.stored()
+        self._verified = values
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
         rows = [self.index[id(p)] for p in live]

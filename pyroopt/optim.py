@@ -113,7 +113,7 @@ class _Plan(NamedTuple):
     slots: list[Slot]  # in table order
     clipped: list[Slot]  # the slots with per-parameter clip arguments
     steps: list[tuple[Bucket, list[Tensor]]]
-    params: list[Tensor]  # of ``slots``, with the data pointers they had when planned
+    params: list[Tensor]  # of ``slots``, with their data pointers at the end of the last call
     pointers: list[int]
 
 
@@ -247,13 +247,16 @@ class PyroOptim(pyro.optim.PyroOptim):
     def _step(self, params: list[Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = frozenset(map(id, params))
         plan = self._plan
-        if (
-            plan is None
-            or plan.ids != ids
-            or plan.layout != self._layout
+        # Whether the last call's plan holds, every parameter still in the storage it had
+        # at the end of that call.
+        unchanged = (
+            plan is not None
+            and plan.ids == ids
+            and plan.layout == self._layout
             # new storage (``Module.to``, ``param.data = ...``): dtype or device may differ
-            or list(map(Tensor.data_ptr, plan.params)) != plan.pointers
-        ):
+            and list(map(Tensor.data_ptr, plan.params)) == plan.pointers
+        )
+        if not unchanged:
             plan = self._plan = self._make_plan(params, ids)
         if args or kwargs:
             for bucket, _ in plan.steps:
@@ -267,9 +270,11 @@ class PyroOptim(pyro.optim.PyroOptim):
         while pending:
             bucket, bucket_params = pending[0]
             try:
+                bucket.storage_unchanged = unchanged
                 bucket.step(bucket_params, *args, **kwargs)
             except SparseGradients as sparse:  # raised before the bucket changed anything
                 self._to_torch(sparse.params)
+                unchanged = False
                 plan = self._plan = self._make_plan(params, ids)
                 pending = [
                     (b, left)
@@ -283,6 +288,8 @@ class PyroOptim(pyro.optim.PyroOptim):
             if len(pending) > 1:
                 done.update(map(id, bucket_params))
             pending = pending[1:]
+        if not unchanged:  # a first step seats parameters in flat buffers: new pointers
+            self._plan = plan._replace(pointers=list(map(Tensor.data_ptr, plan.params)))
 
     def _skip_step(self) -> None:
         self.skipped_steps += 1
