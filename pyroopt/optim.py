@@ -256,7 +256,7 @@ class PyroOptim(pyro.optim.PyroOptim):
             # new storage (``Module.to``, ``param.data = ...``): dtype or device may differ
             and list(map(Tensor.data_ptr, plan.params)) == plan.pointers
         )
-        if not unchanged:
+        if plan is None or not unchanged:
             plan = self._plan = self._make_plan(params, ids)
         if args or kwargs:
             for bucket, _ in plan.steps:
