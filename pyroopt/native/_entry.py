@@ -204,7 +204,10 @@ def numels_if_runs(lists: Sequence[Sequence[Tensor]]) -> list[int] | None:
 
 
 def pointers(tensors: Sequence[Tensor]) -> Any:
-    return (ctypes.c_void_p * len(tensors))(*map(Tensor.data_ptr, tensors))
+    # A list, not the map itself: a tuple built from an iterator (the call's ``*``) is
+    # resized, which leaves one object on the garbage collector's count per call, and
+    # with it a collection every few hundred steps.
+    return (ctypes.c_void_p * len(tensors))(*list(map(Tensor.data_ptr, tensors)))
 
 
 def int64s(values: Sequence[int]) -> Any:
