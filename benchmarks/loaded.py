@@ -11,14 +11,27 @@ one core for the duration, every call of three columns is timed on its own:
 Calls run in blocks that take turns over the columns, so a slow spell hits all of them.
 The table shows the median, p99 and max ms per call. A call that hands 44 elements to
 a thread pool waits for a core the busy loop holds: torch's fused kernel was seen
-taking 4-32 ms there. The goal is on pyroopt at 100 x 44: its slowest call at most
-:data:`MAX_OVER_MEDIAN` times its median, or within :data:`FLOOR_MS` (one scheduler
-tick, which no process on a shared machine is spared).
+taking 4-32 ms there.
+
+Every call also counts the calling thread's context switches (``getrusage``): a
+*voluntary* one means the call blocked (on a thread pool's barrier, a lock), which is
+the stall this row looks for; an *involuntary* one means the operating system took
+the core away in the middle of the call, for another process or thread (on a shared
+2-core machine, at a load average above 2, any code is preempted now and then). A
+call can also hold one of Python's garbage collections (``gc.callbacks``), which the
+process's allocations as a whole set off. The table shows how many calls did each, and
+the slowest call that did neither of the last two ("max undisturbed").
+
+The goal is on pyroopt at 100 x 44: no call blocks, and its slowest undisturbed call
+takes at most :data:`MAX_OVER_MEDIAN` times its median, or within :data:`FLOOR_MS`
+(one scheduler tick). The raw max, every call included, is shown beside it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,15 +79,82 @@ FULL = LoadedPlan(calls={(1000, 10): 60, (100, 44): 300}, blocks=10, warmup=5)
 QUICK = LoadedPlan(calls={(1000, 10): 6, (100, 44): 20}, blocks=2, warmup=2)
 
 
+#: the calling thread's own counters where the platform has them (Linux), else the process's
+_RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def _switches() -> tuple[int, int]:
+    """The calling thread's (voluntary, involuntary) context switches so far."""
+    usage = resource.getrusage(_RUSAGE_WHO)
+    return usage.ru_nvcsw, usage.ru_nivcsw
+
+
+@dataclass(frozen=True)
+class Call:
+    """One timed call: its ms, and whether it blocked, was preempted or collected."""
+
+    ms: float
+    blocked: bool  # a voluntary context switch during the call
+    preempted: bool  # an involuntary one
+    collected: bool  # a garbage collection ran during the call
+
+    @property
+    def undisturbed(self) -> bool:
+        return not (self.preempted or self.collected)
+
+
+class _Collections:
+    """Counts Python's garbage collections while installed in ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.count += 1
+
+    @contextmanager
+    def installed(self) -> Iterator[_Collections]:
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+
 @dataclass
 class CallStats:
-    """One column's per-call times in ms."""
+    """One column's per-call times in ms, and how many calls blocked or were preempted."""
 
     label: str
     calls: int
     median_ms: float
     p99_ms: float
     max_ms: float
+    blocked: int
+    preempted: int
+    collected: int
+    #: calls neither preempted nor collected
+    undisturbed: int
+    #: the slowest of those (0 if there is none)
+    max_undisturbed_ms: float
+
+    @classmethod
+    def of(cls, label: str, calls: list[Call]) -> CallStats:
+        ms = sorted(c.ms for c in calls)
+        undisturbed = [c.ms for c in calls if c.undisturbed]
+        return cls(
+            label,
+            len(ms),
+            statistics.median(ms),
+            _percentile(ms, 0.99),
+            ms[-1],
+            sum(c.blocked for c in calls),
+            sum(c.preempted for c in calls),
+            sum(c.collected for c in calls),
+            len(undisturbed),
+            max(undisturbed, default=0.0),
+        )
 
 
 @dataclass
@@ -132,28 +212,43 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[index]
 
 
+def time_calls(
+    steps: dict[str, Callable[[], object]], calls: int, blocks: int
+) -> dict[str, list[Call]]:
+    """About ``calls`` timed calls of every step, in ``blocks`` turns over the steps."""
+    samples: dict[str, list[Call]] = {key: [] for key in steps}
+    per_block = max(1, calls // blocks)
+    clock = time.perf_counter
+    with _Collections().installed() as collections:
+        for _ in range(blocks):
+            for key, step in steps.items():
+                out = samples[key]
+                for _ in range(per_block):
+                    collected = collections.count
+                    voluntary, involuntary = _switches()
+                    start = clock()
+                    step()
+                    ms = 1e3 * (clock() - start)
+                    voluntary_after, involuntary_after = _switches()
+                    out.append(
+                        Call(
+                            ms,
+                            voluntary_after > voluntary,
+                            involuntary_after > involuntary,
+                            collections.count > collected,
+                        )
+                    )
+    return samples
+
+
 def time_loaded_shape(shape: tuple[int, int], plan: LoadedPlan, seed: int) -> LoadedResult:
     """Per-call times of every column at ``shape``; the caller holds the load."""
     steps = _steps(*shape, seed)
     for step in steps.values():
         for _ in range(plan.warmup):
             step()
-    samples: dict[str, list[float]] = {key: [] for key in steps}
-    per_block = max(1, plan.calls[shape] // plan.blocks)
-    clock = time.perf_counter
-    for _ in range(plan.blocks):
-        for key, step in steps.items():
-            out = samples[key]
-            for _ in range(per_block):
-                start = clock()
-                step()
-                out.append(1e3 * (clock() - start))
-    columns = {}
-    for key, label in COLUMNS:
-        ms = sorted(samples[key])
-        columns[key] = CallStats(
-            label, len(ms), statistics.median(ms), _percentile(ms, 0.99), ms[-1]
-        )
+    samples = time_calls(steps, plan.calls[shape], plan.blocks)
+    columns = {key: CallStats.of(label, samples[key]) for key, label in COLUMNS}
     return LoadedResult(shape[0], shape[1], THREADS, columns)
 
 
@@ -179,7 +274,19 @@ def time_loaded(plan: LoadedPlan, seed: int) -> list[LoadedResult]:
 
 def table(results: list[LoadedResult]) -> str:
     """Median, p99 and max ms per call for every column and shape."""
-    header = ["P x S", "column", "calls", "median ms", "p99 ms", "max ms", "max/median"]
+    header = [
+        "P x S",
+        "column",
+        "calls",
+        "median ms",
+        "p99 ms",
+        "max ms",
+        "max/median",
+        "blocked",
+        "preempted",
+        "collected",
+        "max undisturbed",
+    ]
     rows = []
     for result in results:
         for stats in result.columns.values():
@@ -192,24 +299,32 @@ def table(results: list[LoadedResult]) -> str:
                     f"{stats.p99_ms:.4f}",
                     f"{stats.max_ms:.3f}",
                     f"{stats.max_ms / stats.median_ms:.1f}x",
+                    str(stats.blocked),
+                    str(stats.preempted),
+                    str(stats.collected),
+                    f"{stats.max_undisturbed_ms:.3f}",
                 ]
             )
     return format_table(header, rows, left=2)
 
 
 def goal_line(results: list[LoadedResult]) -> str:
-    """pyroopt's slowest call at 100 x 44 against its median: met or NOT MET."""
+    """pyroopt at 100 x 44: no call blocked, and its slowest undisturbed call against
+    its median: met or NOT MET."""
     for result in results:
         if (result.n_params, result.numel) == (100, 44):
             stats = result.columns["pyroopt"]
             bound = max(MAX_OVER_MEDIAN * stats.median_ms, FLOOR_MS)
-            verdict = "met" if stats.max_ms <= bound else "NOT MET"
+            met = stats.blocked == 0 and stats.undisturbed > 0
+            met = met and stats.max_undisturbed_ms <= bound
             return (
-                f"no call may stall: pyroopt max at 100 x 44 under load <= "
-                f"max({MAX_OVER_MEDIAN:g}x median, {FLOOR_MS:g} ms) = {bound:.3f} ms; "
-                f"measured {stats.max_ms:.3f} ms ({stats.max_ms / stats.median_ms:.1f}x "
-                f"median {stats.median_ms:.4f} ms): {verdict}; load average "
-                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (above 2, the max also "
-                f"holds preemptions by other processes: rerun idle)"
+                f"no call may stall: pyroopt at 100 x 44 under load blocks in no call "
+                f"(measured: {stats.blocked} of {stats.calls}) and its slowest undisturbed "
+                f"call is <= max({MAX_OVER_MEDIAN:g}x median, {FLOOR_MS:g} ms) = "
+                f"{bound:.3f} ms (measured: {stats.max_undisturbed_ms:.3f} ms, median "
+                f"{stats.median_ms:.4f} ms): {'met' if met else 'NOT MET'}; "
+                f"{stats.preempted} calls preempted and {stats.collected} collected, max "
+                f"of all {stats.max_ms:.3f} ms; load average {os.getloadavg()[0]:.1f} on "
+                f"{os.cpu_count()} CPUs"
             )
     return "no call may stall: 100 x 44 did not run"

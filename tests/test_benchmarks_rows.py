@@ -6,6 +6,9 @@ Not a timing test: nothing here compares a time to a bound.
 
 from __future__ import annotations
 
+import gc
+import time
+
 import pytest
 
 from benchmarks import churn, goals, loaded, square_root
@@ -67,3 +70,20 @@ def test_square_root_rows_run_and_leave_the_in_line_root_as_it_was() -> None:
     assert all(set(r.ms) == set(square_root.CASES) and min(r.ms.values()) > 0 for r in rows)
     assert "MKL/in-line" in square_root.table(rows)
     assert _in_line_takes_a_block() == before
+
+
+def test_loaded_calls_that_block_or_collect_are_told_apart() -> None:
+    """The loaded row's goal leaves out calls the OS preempted or a garbage collection
+    ran in; a call that waits (here, sleeps) counts as blocked."""
+    steps = {"sleeps": lambda: time.sleep(0.001), "collects": gc.collect, "runs": lambda: None}
+    samples = loaded.time_calls(steps, calls=20, blocks=2)
+    assert all(c.blocked for c in samples["sleeps"])
+    assert all(c.collected and not c.undisturbed for c in samples["collects"])
+    assert not any(c.collected or c.blocked for c in samples["runs"])
+    stats = loaded.CallStats.of("collects", samples["collects"])
+    assert (stats.calls, stats.collected, stats.undisturbed, stats.max_undisturbed_ms) == (
+        20,
+        20,
+        0,
+        0.0,
+    )
