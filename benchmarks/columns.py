@@ -49,8 +49,9 @@ class ColumnResult:
         return self.timing.median_ms if self.timing is not None else None
 
 
-def run_columns(entries: Sequence[Entry], plan: Plan) -> dict[str, ColumnResult]:
-    """Build every column, time those that apply under ``plan``, in ``entries`` order."""
+def build_columns(entries: Sequence[Entry]) -> tuple[dict[str, ColumnResult], dict[str, Built]]:
+    """Build every column: the results of those that do not run (n/a, or failed to
+    build), and the built ones by key."""
     results: dict[str, ColumnResult] = {}
     built: dict[str, Built] = {}
     for entry in entries:
@@ -63,6 +64,18 @@ def run_columns(entries: Sequence[Entry], plan: Plan) -> dict[str, ColumnResult]
             results[entry.key] = ColumnResult(entry.label, "n/a")
         else:
             built[entry.key] = column
+    return results, built
+
+
+def time_columns(
+    entries: Sequence[Entry],
+    built: dict[str, Built],
+    results: dict[str, ColumnResult],
+    plan: Plan,
+) -> dict[str, ColumnResult]:
+    """Time the built columns together under ``plan``; every column's result, in
+    ``entries`` order."""
+    results = dict(results)
     measurement = measure({key: column.case for key, column in built.items()}, plan)
     for key, column in built.items():
         label = next(entry.label for entry in entries if entry.key == key)
@@ -72,3 +85,9 @@ def run_columns(entries: Sequence[Entry], plan: Plan) -> dict[str, ColumnResult]
             timing = measurement.timings[key]
             results[key] = ColumnResult(label, "ok", column.implementation(), timing)
     return {entry.key: results[entry.key] for entry in entries}
+
+
+def run_columns(entries: Sequence[Entry], plan: Plan) -> dict[str, ColumnResult]:
+    """Build every column, time those that apply under ``plan``, in ``entries`` order."""
+    results, built = build_columns(entries)
+    return time_columns(entries, built, results, plan)

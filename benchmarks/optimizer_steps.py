@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 import pyroopt
-from benchmarks.columns import Built, ColumnResult, Entry, run_columns
-from benchmarks.timing import Case, Plan
+from benchmarks.columns import Built, ColumnResult, Entry, build_columns, time_columns
+from benchmarks.timing import Case, Plan, paired_ratio
 
 OptimFactory = Callable[[dict[str, Any]], pyro.optim.PyroOptim]
 
@@ -120,6 +120,9 @@ class StepResult:
     n_params: int
     numel: int
     columns: dict[str, ColumnResult]
+    #: ratio label -> the median ratio over back-to-back pairs of steps of its two
+    #: columns (:func:`benchmarks.timing.paired_ratio`), for the ratios asked for
+    paired: dict[str, float] = field(default_factory=dict)
 
     def median_ms(self, key: str) -> float | None:
         """The median ms per step of column ``key``, or ``None`` if it did not run."""
@@ -225,17 +228,31 @@ COLUMNS: tuple[tuple[str, str, ColumnBuilder], ...] = (
 
 
 def time_optimizer(
-    spec: OptimizerSpec, shape: tuple[int, int], plan: Plan, seed: int
+    spec: OptimizerSpec,
+    shape: tuple[int, int],
+    plan: Plan,
+    seed: int,
+    pairs: Sequence[tuple[str, str, str]] = (),
+    pair_count: int = 0,
 ) -> StepResult:
-    """Every column for ``spec`` on ``shape``, timed together under ``plan``."""
+    """Every column for ``spec`` on ``shape``, timed together under ``plan``; then, for
+    each ``(label, numerator, denominator)`` of ``pairs`` whose columns both ran, their
+    ratio over ``pair_count`` back-to-back pairs of steps."""
     n_params, numel = shape
     problem = make_problem(n_params, numel, seed)
     entries = [
         Entry(key, label, functools.partial(build, spec, problem)) for key, label, build in COLUMNS
     ]
     pyro.clear_param_store()
+    paired = {}
     try:
-        columns = run_columns(entries, plan)
+        results, built = build_columns(entries)
+        columns = time_columns(entries, built, results, plan)
+        for label, numerator, denominator in pairs if pair_count > 0 else ():
+            if columns[numerator].status == "ok" and columns[denominator].status == "ok":
+                paired[label] = paired_ratio(
+                    built[numerator].case, built[denominator].case, pair_count
+                )
     finally:
         pyro.clear_param_store()
-    return StepResult(spec.name, dict(spec.args), n_params, numel, columns)
+    return StepResult(spec.name, dict(spec.args), n_params, numel, columns, paired)

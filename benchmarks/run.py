@@ -31,7 +31,7 @@ from benchmarks import churn, loaded, report, square_root
 from benchmarks.churn import ChurnResult
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
-from benchmarks.goals import goal_table
+from benchmarks.goals import goal_pairs, goal_table
 from benchmarks.loaded import LoadedResult
 from benchmarks.optimizer_steps import SHAPES, StepResult, optimizer_specs, time_optimizer
 from benchmarks.svi_step import SviResult, time_svi
@@ -49,15 +49,19 @@ class Settings:
 
     steps: Plan
     svi: Plan
+    #: back-to-back pairs of steps behind each speed goal's ratio
+    goal_pairs: int
 
 
 FULL = Settings(
     steps=Plan(repeats=9, warmup=3, target_seconds=0.3),
     svi=Plan(repeats=9, warmup=5, target_seconds=1.0),
+    goal_pairs=31,
 )
 QUICK = Settings(
     steps=Plan(repeats=3, warmup=2, target_seconds=0.02),
     svi=Plan(repeats=3, warmup=3, target_seconds=0.15),
+    goal_pairs=3,
 )
 
 
@@ -96,6 +100,7 @@ def choose_settings(quick: bool, repeats: int | None) -> Settings:
     return Settings(
         steps=Plan(repeats, settings.steps.warmup, settings.steps.target_seconds),
         svi=Plan(repeats, settings.svi.warmup, settings.svi.target_seconds),
+        goal_pairs=settings.goal_pairs,
     )
 
 
@@ -146,13 +151,15 @@ def warn_if_busy(load: float, threads: int) -> None:
         )
 
 
-def run_optimizer_steps(plan: Plan) -> list[StepResult]:
-    """Every optimizer on every shape, printing progress."""
+def run_optimizer_steps(plan: Plan, pair_count: int) -> list[StepResult]:
+    """Every optimizer on every shape (a goal's ratio also over ``pair_count`` pairs of
+    steps), printing progress."""
     results = []
     for spec in optimizer_specs():
         for shape in SHAPES:
             start = time.perf_counter()
-            results.append(time_optimizer(spec, shape, plan, SEED))
+            pairs = goal_pairs(spec.name, shape)
+            results.append(time_optimizer(spec, shape, plan, SEED, pairs, pair_count))
             elapsed = time.perf_counter() - start
             print(f"  {spec.name:<18} {shape[0]:>5,} x {shape[1]:<9,} {elapsed:5.1f} s", flush=True)
     return results
@@ -249,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     warn_if_busy(meta["load_average_at_start"][0], meta["torch_threads"])
     start = time.perf_counter()
-    steps = run_optimizer_steps(settings.steps)
+    steps = run_optimizer_steps(settings.steps, settings.goal_pairs)
     svi = run_svi(settings.svi)
     torch_rows = run_torch_optim(settings.steps)
     print("  pyroopt.torch vs torch.optim (Adam step, ELBOModule step)", flush=True)

@@ -76,6 +76,29 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def paired_ratio(numerator: Case, denominator: Case, pairs: int) -> float:
+    """The median, over ``pairs`` back-to-back pairs of single steps, of the numerator's
+    time over the denominator's (which goes first alternates from pair to pair).
+
+    Repeats of a few tenths of a second each, as :func:`measure` takes them, see a
+    shared machine at different moments: its memory bandwidth was seen to drift by
+    1.5x from minute to minute, which moves a ratio of two medians. The two steps of a
+    pair run within milliseconds of each other, so a ratio per pair cancels the drift.
+    """
+    if pairs < 1:
+        raise ValueError(f"pairs must be at least 1, got {pairs}")
+    ratios = []
+    for i in range(pairs):
+        first, second = (numerator, denominator) if i % 2 == 0 else (denominator, numerator)
+        times = []
+        for case in (first, second):
+            with case.context():
+                times.append(seconds_per_step(case.step, 1))
+        top, bottom = times if i % 2 == 0 else times[::-1]
+        ratios.append(top / max(bottom, 1e-12))
+    return statistics.median(ratios)
+
+
 def measure(cases: Mapping[str, Case], plan: Plan) -> Measurement:
     """Time every case of ``cases`` under ``plan``, repeats interleaved across cases.
 

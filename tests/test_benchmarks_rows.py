@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 
 import pytest
 
-from benchmarks import churn, goals, loaded, square_root
+from benchmarks import churn, goals, loaded, optimizer_steps, square_root, timing
 from benchmarks.timing import Plan
 
 pytestmark = pytest.mark.slow
@@ -87,3 +88,43 @@ def test_loaded_calls_that_block_or_collect_are_told_apart() -> None:
         0,
         0.0,
     )
+
+
+def test_paired_ratio_alternates_and_takes_the_median_of_pairs(monkeypatch) -> None:
+    """On a fake clock: the numerator costs 3 ticks and the denominator 1, except one
+    slow spell of the denominator (a pair's ratio drops), which the median ignores."""
+    clock = [0.0]
+    order: list[str] = []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def step(name: str, ticks: Callable[[], float]) -> Callable[[], None]:
+        def run() -> None:
+            order.append(name)
+            clock[0] += ticks()
+
+        return run
+
+    slow = iter([1.0, 1.0, 50.0] + [1.0] * 10)
+    numerator = timing.Case(step("n", lambda: 3.0))
+    denominator = timing.Case(step("d", lambda: next(slow)))
+    assert timing.paired_ratio(numerator, denominator, 5) == 3.0
+    assert order == ["n", "d", "d", "n", "n", "d", "d", "n", "n", "d"]
+    with pytest.raises(ValueError, match="pairs must be at least 1, got 0"):
+        timing.paired_ratio(numerator, denominator, 0)
+
+
+def test_goals_are_checked_on_pairs_where_the_run_timed_them() -> None:
+    spec = next(s for s in optimizer_steps.optimizer_specs() if s.name == "Adam")
+    shape = (2, 300)
+    goal = goals.Goal("Adam", shape, "pyroopt/limit", 1.2, False, paired=True)
+    pairs = goals.goal_pairs("Adam", shape, [goal, goals.Goal("Adam", shape, "x", 1, True)])
+    assert pairs == [("pyroopt/limit", "pyroopt", "limit")]
+    assert [g.shape for g in goals.GOALS if g.paired] == [(10, 1_000_000)] * (len(goals.GOALS) - 1)
+    plan = Plan(repeats=1, warmup=1, target_seconds=0.001)
+    result = optimizer_steps.time_optimizer(spec, shape, plan, 0, pairs, pair_count=3)
+    assert set(result.paired) == {"pyroopt/limit"} and result.paired["pyroopt/limit"] > 0
+    result.paired["pyroopt/limit"] = 1.1  # met on the pairs, whatever the medians say
+    row = goals.goal_table([result], [goal]).splitlines()[-1]
+    assert "1.10x" in row and row.rstrip().endswith("met") and "NOT" not in row
+    result.paired["pyroopt/limit"] = 1.3
+    assert goals.goal_table([result], [goal]).splitlines()[-1].rstrip().endswith("NOT MET")
