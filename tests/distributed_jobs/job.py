@@ -324,6 +324,9 @@ if __name__ == "__main__":
                 print(f"rank {RANK} {scenario} done", flush=True)
     finally:
         # no process group (and its gloo threads) left to C++ static destruction at
-        # exit, where a late abort prints "terminate called without an active exception"
+        # exit, where a late abort prints "terminate called without an active exception";
+        # and no rank tears its group down while the other still talks to it (seen once
+        # in 2026-12-02's suite: rank 0 aborted so at exit after the mismatch scenario)
         if BACKEND == "torch" and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
