@@ -240,6 +240,10 @@ def main() -> None:
     if rank == 0:
         out.write_text(json.dumps(results, indent=2))
     if backend != "horovod":
+        # both ranks done before either tears its group down: a rank that destroyed it
+        # while the other still talked to it aborted at exit ("terminate called without
+        # an active exception"), seen once in a full run
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
