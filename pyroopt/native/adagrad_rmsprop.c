@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "parallel.h"
+#include "prefetch.h"
 #include "vsqrt.h"
 
 #define DEFINE_ADAGRAD_RMSPROP(SUFFIX, T, SQRT)                                         \
@@ -23,6 +24,11 @@
             int64_t m = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;     \
             T *p = param + lo, *s = sum + lo;                                          \
             const T *gr = grad + lo;                                                   \
+            if (PYROOPT_AHEAD_FITS(lo, n, T)) {                                        \
+                PYROOPT_PREFETCH_AHEAD(gr, 0);                                         \
+                PYROOPT_PREFETCH_AHEAD(s, 1);                                          \
+                PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
+            }                                                                          \
             for (int64_t i = 0; i < m; ++i) {                                          \
                 T g = gr[i];                                                           \
                 std[i] = s[i] = fresh ? g * g : s[i] * keep + (tau * g) * g;           \

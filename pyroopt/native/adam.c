@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "parallel.h"
+#include "prefetch.h"
 #include "vsqrt.h"
 
 /* torch.clamp(g, lo, hi): the lower bound, then the upper one (so hi wins where
@@ -59,6 +60,13 @@
             int64_t len = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;   \
             T *p = param + lo, *m = ea + lo, *v = eas + lo, *x = amsgrad ? mx + lo : 0; \
             const T *gr = grad + lo;                                                   \
+            if (PYROOPT_AHEAD_FITS(lo, n, T)) {                                        \
+                PYROOPT_PREFETCH_AHEAD(gr, 0);                                         \
+                PYROOPT_PREFETCH_AHEAD(m, 1);                                          \
+                PYROOPT_PREFETCH_AHEAD(v, 1);                                          \
+                if (amsgrad) PYROOPT_PREFETCH_AHEAD(x, 1);                             \
+                PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
+            }                                                                          \
             for (int64_t i = 0; i < len; ++i) {                                        \
                 T g = direction * gr[i];                                               \
                 if (decay == 1) g = FMA(wd, p[i], g);                                  \
@@ -169,6 +177,12 @@
         for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
             int64_t len = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;   \
             T *p = param + lo, *gr = grad + lo, *m = ea + lo, *v = eas + lo;           \
+            if (PYROOPT_AHEAD_FITS(lo, n, T)) {                                        \
+                PYROOPT_PREFETCH_AHEAD(gr, 0); /* written back only where clamped */   \
+                PYROOPT_PREFETCH_AHEAD(m, 1);                                          \
+                PYROOPT_PREFETCH_AHEAD(v, 1);                                          \
+                PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
+            }                                                                          \
             int clamped = 0;                                                           \
             for (int64_t i = 0; i < len; ++i) {                                        \
                 T g = PYROOPT_CLAMP(gr[i], lo_clip, hi_clip);                          \

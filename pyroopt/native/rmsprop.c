@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "parallel.h"
+#include "prefetch.h"
 #include "vsqrt.h"
 
 #define DEFINE_RMSPROP(SUFFIX, T, FMA, ABS, SQRT)                                       \
@@ -34,6 +35,13 @@
             T *p = param + lo, *v = sq + lo, *a = centered ? avg + lo : 0;             \
             T *b = with_momentum ? buf + lo : 0;                                       \
             const T *gr = grad + lo;                                                   \
+            if (PYROOPT_AHEAD_FITS(lo, n, T)) {                                        \
+                PYROOPT_PREFETCH_AHEAD(gr, 0);                                         \
+                PYROOPT_PREFETCH_AHEAD(v, 1);                                          \
+                if (centered) PYROOPT_PREFETCH_AHEAD(a, 1);                            \
+                if (with_momentum) PYROOPT_PREFETCH_AHEAD(b, 1);                       \
+                PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
+            }                                                                          \
             for (int64_t i = 0; i < m; ++i) {                                          \
                 T g = direction * gr[i];                                               \
                 if (decay) g = FMA(wd, p[i], g);                                       \
