@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 import threading
 import warnings
@@ -63,6 +64,11 @@ def _arity(fn: Callable[..., Any], what: str) -> int:
     return n
 
 
+def _same_tensors(a: list[Tensor], b: list[Tensor]) -> bool:
+    """Whether ``a`` and ``b`` hold the same tensor objects in the same order (in C)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
 def _all_finite(slots: list[Slot]) -> bool:
     """Whether every gradient of ``slots`` is free of NaN and Inf (one sync)."""
     grads = [_values(g) for s in slots if (g := s.param.grad) is not None and g.numel()]
@@ -109,6 +115,7 @@ class _Plan(NamedTuple):
     """How one call's parameters are stepped: see :meth:`PyroOptim._make_plan`."""
 
     ids: frozenset[int]
+    given: list[Tensor]  # the parameters of the last call it held for, in that call's order
     layout: int
     slots: list[Slot]  # in table order
     clipped: list[Slot]  # the slots with per-parameter clip arguments
@@ -245,19 +252,24 @@ class PyroOptim(pyro.optim.PyroOptim):
             self._step(params, args, kwargs)
 
     def _step(self, params: list[Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        ids = frozenset(map(id, params))
         plan = self._plan
+        # The same tensors as the last call in the same order (SVI's set of the same
+        # parameters iterates alike every step): no set of ids to build and compare.
+        repeated = plan is not None and _same_tensors(params, plan.given)
+        ids = plan.ids if repeated else frozenset(map(id, params))  # type: ignore[union-attr]
         # Whether the last call's plan holds, every parameter still in the storage it had
         # at the end of that call.
         unchanged = (
             plan is not None
-            and plan.ids == ids
+            and (repeated or plan.ids == ids)
             and plan.layout == self._layout
             # new storage (``Module.to``, ``param.data = ...``): dtype or device may differ
             and list(map(Tensor.data_ptr, plan.params)) == plan.pointers
         )
         if plan is None or not unchanged:
             plan = self._plan = self._make_plan(params, ids)
+        elif not repeated:
+            plan = self._plan = plan._replace(given=params)
         if args or kwargs:
             for bucket, _ in plan.steps:
                 bucket.check_step_args(args, kwargs)
@@ -350,7 +362,7 @@ class PyroOptim(pyro.optim.PyroOptim):
         clipped = [slot for slot in stepped if slot.clip]
         planned = [slot.param for slot in stepped]
         pointers = list(map(Tensor.data_ptr, planned))
-        return _Plan(ids, self._layout, stepped, clipped, steps, planned, pointers)
+        return _Plan(ids, params, self._layout, stepped, clipped, steps, planned, pointers)
 
     def _retire_stale(self, keep: frozenset[int]) -> None:
         """Forget parameters that left Pyro's param store (and are not being stepped).

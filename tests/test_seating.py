@@ -203,7 +203,8 @@ def _mixed_program(make_optim, events):
             with torch.no_grad():
                 missing = "partial" in event and i == 2
                 p.grad = None if missing else torch.sin(3 * p + step) + 0.1 * i
-        optim(params)
+        given = params[::-1] if "reversed" in event else params[:2] if "subset" in event else params
+        optim(given)
         out.append([p.detach().clone() for p in params])
     return out
 
@@ -214,8 +215,10 @@ def _mixed_program(make_optim, events):
         {4: ("reseat",)},
         {3: ("reseat", "partial")},  # new storage, then a step that does not step flat
         {3: ("partial",), 4: ("reseat",), 5: ("partial",), 6: ("reseat", "partial")},
+        # the same parameters in another order, a call over some of them, new storage
+        {2: ("reversed",), 3: ("reversed",), 4: ("subset",), 5: ("reversed", "reseat")},
     ],
-    ids=["reseat", "reseat-in-partial-step", "alternating"],
+    ids=["reseat", "reseat-in-partial-step", "alternating", "reordered-and-subset-calls"],
 )
 def test_new_storage_around_partial_steps_is_followed_bit_for_bit(events):
     ours = _mixed_program(lambda: pyroopt.Adam({"lr": 0.1}), events)
@@ -247,3 +250,24 @@ def test_steady_steps_do_not_check_storage_again(monkeypatch):
     for step in range(5, 8):
         _step(optim, params, step)
     assert checks == [1, 1]
+
+
+def test_a_plan_holds_across_calls_of_the_same_parameters_in_any_order(monkeypatch):
+    """A call listing the last call's tensors (in any order) keeps its plan; a call over
+    another set of tensors makes a new one."""
+    made = []
+    make_plan = pyroopt.PyroOptim._make_plan
+    monkeypatch.setattr(
+        pyroopt.PyroOptim,
+        "_make_plan",
+        lambda self, params, ids: made.append(len(params)) or make_plan(self, params, ids),
+    )
+    pyro.clear_param_store()
+    params = _params()
+    optim = pyroopt.Adam({"lr": 0.1})
+    calls = [params, params, params[::-1], params[::-1], params, params[:1], params[1:2], params]
+    for step, given in enumerate(calls):
+        for i, p in enumerate(params):
+            p.grad = torch.full_like(p, 0.5 + i + step)
+        optim(list(given))
+    assert made == [len(params), 1, 1, len(params)]
