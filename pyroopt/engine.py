@@ -307,13 +307,17 @@ class RuleBucket(Bucket):
             with torch.enable_grad():
                 closure()
         grads = [p.grad for p in params]
-        if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
-            live = [p for p in params if p.grad is not None]
-            grads = [p.grad for p in live]
-        else:
+        gathered = unchanged and self._gather_steady(params, grads)
+        if gathered:
             live = params
-        if any(map(_IS_SPARSE, grads)):
-            self._refuse_sparse(live, grads)  # type: ignore[arg-type]
+        else:
+            if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
+                live = [p for p in params if p.grad is not None]
+                grads = [p.grad for p in live]
+            else:
+                live = params
+            if any(map(_IS_SPARSE, grads)):
+                self._refuse_sparse(live, grads)  # type: ignore[arg-type]
         self.rule.advance_group(self.group)  # even for parameters without a gradient
         if self._target is not None:
             self._target.step()  # tells a schedule the optimizer has stepped
@@ -328,12 +332,52 @@ class RuleBucket(Bucket):
         try:
             with torch.no_grad():
                 if flat:
-                    self._step_flat(grads)  # type: ignore[arg-type]
+                    self._step_flat(grads, gathered)  # type: ignore[arg-type]
                 else:
                     self._step_list(live, grads)  # type: ignore[arg-type]
         finally:
             if serial:
                 torch.set_num_threads(threads)
+
+    def _gather_steady(self, params: list[Tensor], grads: list[Tensor | None]) -> bool:
+        """Copy the gradients of a steady flat step into the flat gradient buffer first;
+        whether that ran. The step is steady when it passes every parameter and the
+        flat buffers are the ones verified at the end of the last step (the optimizer
+        vouched that no storage changed since).
+
+        Then the two checks of every gradient (missing, sparse) are not needed:
+        ``torch.cat`` refuses a ``None`` (``TypeError``) and a sparse tensor
+        (``NotImplementedError``; ``tests/test_flat.py`` holds torch to that), and
+        the 0-dim gradients it does not copy are checked here. A refusal changes
+        nothing but the scratch buffer, and the step then takes the checked way.
+        """
+        values = self._values
+        if not (
+            values is not None
+            and values is self._verified
+            and self._layout_params is self.params
+            and not self._loose
+            and len(params) == len(self.params)
+        ):
+            return False
+        for i in self.flat.scalars:
+            grad = grads[i]
+            if grad is None or grad.is_sparse:
+                return False
+        _, target = self._flat_scratch()
+        threads = torch.get_num_threads()
+        serial = threads > 1 and self.numel <= SERIAL_MAX_NUMEL  # as the update itself
+        if serial:
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():  # gradients of create_graph=True require grad
+                self.flat.gather(grads, target)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError, RuntimeError):
+            return False
+        finally:
+            if serial:
+                torch.set_num_threads(threads)
+        return True
 
     def _refuse_sparse(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Raise for sparse gradients, before anything changed: :class:`SparseGradients`
@@ -345,7 +389,9 @@ class RuleBucket(Bucket):
             "use pyroopt.SparseAdam for parameters with sparse gradients"
         )
 
-    def _step_flat(self, grads: list[Tensor]) -> None:
+    def _step_flat(self, grads: list[Tensor], gathered: bool) -> None:
+        """One update of the flat buffers; ``gathered``: the gradients are in the flat
+        gradient buffer already (:meth:`_gather_steady`)."""
         values = self._values
         assert values is not None
         # Known intact at the end of the last step, and no storage changed since: the
@@ -357,7 +403,8 @@ class RuleBucket(Bucket):
             values = self._values
             assert values is not None
         grad, grad_target = self._flat_scratch()
-        self.flat.gather(grads, grad_target)
+        if not gathered:
+            self.flat.gather(grads, grad_target)
         # All parameters at the same step (the usual case): one count stands for all,
         # and the update runs on the whole flat buffer. Otherwise it runs on each
         # parameter's slice, with its own count.

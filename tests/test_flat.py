@@ -40,3 +40,19 @@ def test_runs_group_tensors_sharing_trailing_dimensions():
         (5, 6, ()),
     ]
     assert layout.scalars == [4]
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3)], ids=["1-d", "2-d"])
+@pytest.mark.parametrize("bad", ["missing", "sparse"])
+def test_gather_refuses_a_missing_or_sparse_tensor(shape, bad):
+    """The engine's steady flat step relies on this to skip its own checks of every
+    gradient (``RuleBucket._gather_steady``): if torch ever copies a sparse tensor or a
+    ``None`` into a dense buffer, this fails."""
+    dense = torch.ones(shape)
+    other = None if bad == "missing" else torch.ones(shape).to_sparse()
+    layout = FlatLayout([torch.Size(shape)] * 2)
+    target = layout.target(torch.zeros(layout.numel))
+    expected = TypeError if bad == "missing" else NotImplementedError
+    for tensors in ([dense, other], [other, dense]):
+        with pytest.raises(expected):
+            layout.gather(tensors, target)

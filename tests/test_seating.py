@@ -271,3 +271,78 @@ def test_a_plan_holds_across_calls_of_the_same_parameters_in_any_order(monkeypat
             p.grad = torch.full_like(p, 0.5 + i + step)
         optim(list(given))
     assert made == [len(params), 1, 1, len(params)]
+
+
+def _steady_then(make_optim, event):
+    """Three steady flat steps in float32, then one step where the second parameter's
+    gradient is ``event`` ("sparse": a sparse one, "missing": none; a refused step is
+    recorded as None), then two dense steps."""
+    pyro.clear_param_store()
+    params = [
+        pyro.param(n, torch.linspace(-1.0, 1.0, 4, dtype=torch.float32)).unconstrained()
+        for n in NAMES
+    ]
+    optim = make_optim()
+    out = []
+    for step in range(6):
+        for i, p in enumerate(params):
+            with torch.no_grad():
+                p.grad = torch.cos(2 * p + step) + 0.1 * i
+        if step == 3:
+            params[1].grad = None if event == "missing" else params[1].grad.to_sparse()
+        try:
+            optim(params)
+        except ValueError:
+            out.append(None)
+            continue
+        out.append([p.detach().clone() for p in params])
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+@pytest.mark.parametrize(
+    "factory,event",
+    [("Adam", "missing"), ("SGD", "sparse"), ("Adagrad", "sparse"), ("ClippedAdam", "missing")],
+)
+def test_a_missing_or_sparse_gradient_after_steady_steps_steps_as_pyro_optim(
+    monkeypatch, factory, event
+):
+    """A steady flat step gathers first and skips its per-gradient checks; a missing
+    or sparse gradient then still takes pyro.optim's way (a partial step; torch's own
+    sparse update)."""
+    args = {"lr": 0.1, "momentum": 0.9} if factory == "SGD" else {"lr": 0.1}
+    gathers = []
+    gather = RuleBucket._gather_steady
+    monkeypatch.setattr(
+        RuleBucket,
+        "_gather_steady",
+        lambda self, params, grads: gathers.append(gather(self, params, grads)) or gathers[-1],
+    )
+    ours = _steady_then(lambda: getattr(pyroopt, factory)(args), event)
+    assert gathers[:3] == [True, True, False]  # steps 1 and 2 steady; step 3 refused
+    theirs = _steady_then(lambda: getattr(pyro.optim, factory)(args), event)
+    for step, (x, y) in enumerate(zip(ours, theirs, strict=True)):
+        for a, b in zip(x, y, strict=True):
+            assert torch.equal(a, b), f"step {step}"
+
+
+def test_a_sparse_gradient_after_steady_steps_is_refused_before_anything_changes():
+    """Adam refuses a sparse gradient; after steady steps the refusal still comes
+    before any parameter, state or step count moved."""
+    refused = _steady_then(lambda: pyroopt.Adam({"lr": 0.1}), "sparse")
+    assert refused[3] is None
+    pyro.clear_param_store()
+    params = [
+        pyro.param(n, torch.linspace(-1.0, 1.0, 4, dtype=torch.float32)).unconstrained()
+        for n in NAMES
+    ]
+    optim = pyroopt.Adam({"lr": 0.1})
+    for step in (0, 1, 2, 4, 5):  # the same steps without the refused one
+        for i, p in enumerate(params):
+            with torch.no_grad():
+                p.grad = torch.cos(2 * p + step) + 0.1 * i
+        optim(params)
+        if step >= 4:
+            assert all(
+                torch.equal(p.detach(), q) for p, q in zip(params, refused[step], strict=True)
+            ), step
