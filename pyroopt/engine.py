@@ -60,6 +60,32 @@ FLAT_MAX_AVG_NUMEL = 1 << 16
 #: instead of about 0.6 ms. The update is elementwise, so the numbers do not change.
 SERIAL_MAX_NUMEL = 1 << 16
 
+
+class _OneThreadIfSmall:
+    """Within it, torch runs on one intra-op thread if ``numel`` is at most
+    :data:`SERIAL_MAX_NUMEL` (and more are set); the count is restored on exit.
+
+    (A class rather than a generator-based context manager: it is entered on every
+    step, twice in a steady one.)
+    """
+
+    __slots__ = ("numel", "threads")
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+        self.threads = 0
+
+    def __enter__(self) -> None:
+        threads = torch.get_num_threads()
+        if threads > 1 and self.numel <= SERIAL_MAX_NUMEL:
+            self.threads = threads
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+
 #: Without a native loop an update is a chain of elementwise passes; running the chain
 #: over pieces of about this many elements keeps each piece in cache between passes
 #: (measured: an Adam chain over 10M float32 elements took 34 ms in one piece, 17 ms
@@ -325,19 +351,11 @@ class RuleBucket(Bucket):
             return
         self._ensure_layout()
         flat = len(live) == len(self.params) and self._values is not None
-        threads = torch.get_num_threads()
-        serial = threads > 1 and self.numel <= SERIAL_MAX_NUMEL
-        if serial:
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                if flat:
-                    self._step_flat(grads, gathered)  # type: ignore[arg-type]
-                else:
-                    self._step_list(live, grads)  # type: ignore[arg-type]
-        finally:
-            if serial:
-                torch.set_num_threads(threads)
+        with _OneThreadIfSmall(self.numel), torch.no_grad():
+            if flat:
+                self._step_flat(grads, gathered)  # type: ignore[arg-type]
+            else:
+                self._step_list(live, grads)  # type: ignore[arg-type]
 
     def _gather_steady(self, params: list[Tensor], grads: list[Tensor | None]) -> bool:
         """Copy the gradients of a steady flat step into the flat gradient buffer first;
@@ -365,18 +383,12 @@ class RuleBucket(Bucket):
             if grad is None or grad.is_sparse:
                 return False
         _, target = self._flat_scratch()
-        threads = torch.get_num_threads()
-        serial = threads > 1 and self.numel <= SERIAL_MAX_NUMEL  # as the update itself
-        if serial:
-            torch.set_num_threads(1)
         try:
-            with torch.no_grad():  # gradients of create_graph=True require grad
+            # no_grad: gradients of create_graph=True require grad
+            with _OneThreadIfSmall(self.numel), torch.no_grad():
                 self.flat.gather(grads, target)  # type: ignore[arg-type]
         except (TypeError, NotImplementedError, RuntimeError):
             return False
-        finally:
-            if serial:
-                torch.set_num_threads(threads)
         return True
 
     def _refuse_sparse(self, params: list[Tensor], grads: list[Tensor]) -> None:

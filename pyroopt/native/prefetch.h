@@ -15,9 +15,10 @@
  * Each block prefetches, for every stream, the block that lies PYROOPT_PREFETCH_BYTES
  * ahead. For Adam alone on one flat tensor, against the same limit: 2048 and 3072
  * bytes ahead were no better than 2560 (0.98-1.01), 1024 and 4096 worse (1.05 and
- * 1.08-1.13), and in cache (262144 elements) it changed nothing. The single-pass loops (SGD, Rprop) gain nothing from it (the
- * hardware follows them). A prefetch is only a hint: it changes no value and never
- * faults, and the loops ask only for memory inside their arrays.
+ * 1.08-1.13), and in cache (262144 elements) it changed nothing. The single-pass
+ * loops (SGD, Rprop) gain nothing from it (the hardware follows them). A prefetch is
+ * only a hint: it changes no value and never faults, and the loops ask only for
+ * memory inside their arrays.
  */
 #ifndef PYROOPT_PREFETCH_H
 #define PYROOPT_PREFETCH_H
