@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
+import math
+import numbers
 import os
 import re
 import stat
@@ -51,9 +55,51 @@ def _umask() -> int:
     return mask
 
 
-def _temp_pattern(basename: str) -> re.Pattern[str]:
-    # tempfile.mkstemp's names: the prefix, 8 characters from [a-z0-9_], the suffix
-    return re.compile(re.escape(f".{basename}.") + r"[a-z0-9_]{8}" + re.escape(".tmp"))
+#: tempfile.mkstemp's names: the prefix, 8 characters from [a-z0-9_], the suffix
+_RANDOM_PART = r"[a-z0-9_]{8}"
+_TEMP_SUFFIX = ".tmp"
+#: bytes of a shortened temporary name beside its head: ".", ".", 8 hex digits, ".",
+#: 8 random characters, ".tmp"
+_SHORTENED_OVERHEAD = 1 + 1 + 8 + 1 + 8 + len(_TEMP_SUFFIX)
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes (255 if unknown)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer
+        return 255
+
+
+def _temp_prefix(basename: str, name_max: int) -> str:
+    """The prefix of the temporary files of a save of ``basename``.
+
+    ``.NAME.``, so that ``.NAME.XXXXXXXX.tmp`` sits beside ``NAME``; where that name
+    would be longer than ``name_max`` bytes (a target name of 242-255 bytes on most
+    file systems), ``.HEAD.DIGEST.`` instead: HEAD the longest start of NAME that fits
+    and DIGEST the first 8 hex digits of NAME's SHA-256, so that targets sharing a
+    long start do not share temporary files.
+
+    >>> _temp_prefix("optim.pt", 255)
+    '.optim.pt.'
+    >>> prefix = _temp_prefix("x" * 250, 255)
+    >>> prefix[-10:], len(prefix) + 8 + len(".tmp")
+    ('.086d4a1c.', 255)
+    """
+    prefix = f".{basename}."
+    if len(os.fsencode(prefix)) + 8 + len(_TEMP_SUFFIX) <= name_max:
+        return prefix
+    digest = hashlib.sha256(os.fsencode(basename)).hexdigest()[:8]
+    head = basename
+    while head and len(os.fsencode(head)) > name_max - _SHORTENED_OVERHEAD:
+        head = head[:-1]
+    return f".{head}.{digest}."
+
+
+def _temp_pattern(basename: str, name_max: int) -> re.Pattern[str]:
+    """The names of the temporary files a save of ``basename`` creates."""
+    prefix = _temp_prefix(basename, name_max)
+    return re.compile(re.escape(prefix) + _RANDOM_PART + re.escape(_TEMP_SUFFIX))
 
 
 def _remove_stale_temps(folder: str, basename: str) -> None:
@@ -68,7 +114,7 @@ def _remove_stale_temps(folder: str, basename: str) -> None:
     (Windows) only the age counts, and an open file cannot be deleted there anyway.
     Best effort: anything that fails is left alone.
     """
-    pattern = _temp_pattern(basename)
+    pattern = _temp_pattern(basename, _name_max(folder))
     try:
         names = [n for n in os.listdir(folder) if pattern.fullmatch(n)]
     except OSError:
@@ -129,13 +175,7 @@ def _save_error(e: Exception, recorded: OSError | None, path: str, target: str) 
         reason = cause.strerror or str(cause) or type(cause).__name__
         # OSError(errno, ...) makes the matching subclass (FileNotFoundError, ...)
         return OSError(cause.errno, f"cannot save {where}: {reason}")
-    try:
-        return type(e)(f"cannot save {where}: {e}")
-    except Exception:  # an exception class that takes other arguments
-        add_note = getattr(e, "add_note", None)  # Python 3.11+
-        if add_note is not None:
-            add_note(f"while saving {where}")
-        return e
+    return _with_path(e, f"cannot save {where}: {e}")
 
 
 def _check_folder(path: str, target: str, folder: str) -> None:
@@ -155,14 +195,67 @@ def _check_folder(path: str, target: str, folder: str) -> None:
         )
 
 
+def _access_ok(path: str, mode: int) -> bool:
+    """``os.access`` for this process's effective user, as ``open`` decides."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def _read_only_file_system(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+
+
+def _refusal(path: str, target: str, where: str, reason: str) -> OSError:
+    """The error ``open`` gives for an unwritable ``where``: EROFS or EACCES."""
+    if _read_only_file_system(where):
+        return OSError(
+            errno.EROFS, f"cannot save {_describe(path, target)}: {reason} (read-only file system)"
+        )
+    return PermissionError(
+        errno.EACCES, f"cannot save {_describe(path, target)}: Permission denied ({reason})"
+    )
+
+
+def _check_writable(path: str, target: str, folder: str, existing: bool) -> None:
+    """Refuse a save that ``open(path, "wb")`` would refuse, or that cannot be atomic.
+
+    An existing file must be writable by this user (its mode, ACLs, a read-only file
+    system): the rename that replaces it needs only the folder, so without this check a
+    save would replace a file ``chmod 444`` where ``open`` and pyro.optim refuse. The
+    folder must be writable too, since the temporary file is created there. Root may
+    write anything ``open`` lets it write.
+    """
+    if existing and not _access_ok(target, os.W_OK):
+        raise _refusal(path, target, target, "the file is not writable by this user")
+    if not _access_ok(folder, os.W_OK | os.X_OK):
+        raise _refusal(
+            path,
+            target,
+            folder,
+            f"its folder {folder} is not writable by this user, and an atomic save "
+            "creates its temporary file there",
+        )
+
+
 def save_atomic(obj: Any, filename: str | os.PathLike[str]) -> None:
     """``torch.save(obj, filename)`` such that a crash leaves the old file or the new one.
 
-    Writes a temporary file ``.NAME.XXXXXXXX.tmp`` in the target's folder, flushes and
-    fsyncs it, then renames it over the target (an atomic replace on POSIX and
-    Windows). On failure the target is untouched and the temporary file is removed.
+    Writes a temporary file ``.NAME.XXXXXXXX.tmp`` in the target's folder (for a name
+    too long for that, a shortened one: see :func:`_temp_prefix`), flushes and fsyncs
+    it, then renames it over the target (an atomic replace on POSIX and Windows). On
+    failure the target is untouched and the temporary file is removed.
 
     - A symbolic link is followed: its target file is replaced and the link stays.
+    - The rename replaces the folder's entry for the target with a new file: a hard
+      link to the old file keeps the old contents (``torch.save`` and pyro.optim,
+      writing in place, change every link).
+    - A target this user cannot write raises ``PermissionError``, as
+      ``open(filename, "wb")`` does, and so does a folder this user cannot write
+      (where the temporary file must go).
     - The file gets the mode ``open(filename, "wb")`` would give: an existing file
       keeps its mode (and, where permitted, its owner), as with pyro.optim's
       ``torch.save``; a new one gets ``0o666`` less the umask.
@@ -188,12 +281,14 @@ def save_atomic(obj: Any, filename: str | os.PathLike[str]) -> None:
         _save_in_place(obj, path, target)
         return
     _check_folder(path, target, folder)
-    _remove_stale_temps(folder, os.path.basename(target))
+    _check_writable(path, target, folder, existing is not None)
+    basename = os.path.basename(target)
+    _remove_stale_temps(folder, basename)
     tmp: str | None = None
     writer: _RecordingWriter | None = None
     try:
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder
+            prefix=_temp_prefix(basename, _name_max(folder)), suffix=_TEMP_SUFFIX, dir=folder
         )
         with os.fdopen(fd, "wb") as f:
             if fcntl is not None:
@@ -266,17 +361,125 @@ def _metadata(kind: str) -> dict[str, Any]:
 
 
 def save_state(state: Mapping[str, Any], filename: str | os.PathLike[str]) -> None:
-    """Write optimizer state (``{param_name: state}``) atomically, with pyroopt's metadata."""
+    """Write optimizer state (``{param_name: state}``) atomically, with pyroopt's metadata.
+
+    See :func:`save_atomic`: a crash leaves the old file or the new one, and a hard link
+    to the old file keeps the old contents.
+    """
     save_atomic({**state, METADATA_KEY: _metadata("optimizer")}, filename)
+
+
+_MAP_LOCATIONS = (
+    "None, a device (a str such as 'cpu' or 'cuda:0', or a torch.device), a dict "
+    "{saved location: device} such as {'cuda:1': 'cpu'}, or a callable (storage, "
+    "location) -> storage"
+)
+
+
+def _device_of(path: str, value: Any, what: str) -> torch.device:
+    """``value`` (a str or torch.device) as a device this process can load onto."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"cannot load {path}: {what} {value!r} is not a device torch knows ({e})"
+        ) from None
+    if device.type == "meta":
+        raise ValueError(
+            f"cannot load {path}: {what} {value!r} is the meta device, whose tensors hold "
+            "no values, and optimizer state is values: load onto 'cpu' or an accelerator"
+        )
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        raise ValueError(
+            f"cannot load {path}: {what} {value!r} names a {device.type} device, and "
+            f"this process has none (torch.{device.type}.is_available() is False)"
+        )
+    device_count = getattr(backend, "device_count", None)
+    if device.index is not None and callable(device_count) and device.index >= device_count():
+        raise ValueError(
+            f"cannot load {path}: {what} {value!r} names {device.type} device "
+            f"{device.index}, and this process has {device_count()}"
+        )
+    return device
+
+
+def _checked_map_location(path: str, map_location: Any) -> Any:
+    """``map_location`` as ``torch.load`` takes it, checked before the file is read.
+
+    ``None``, a callable, a device (``str`` or ``torch.device``) this process has, or a
+    dict from saved locations to such devices (given to torch as strings, the only form
+    its dict lookup reads). The meta device is refused: its tensors hold no values to
+    load into an optimizer.
+    """
+    if map_location is None:
+        return None
+    if isinstance(map_location, (str, torch.device)):
+        _device_of(path, map_location, "map_location")
+        return map_location
+    if isinstance(map_location, Mapping):
+        remap: dict[str, str] = {}
+        for saved, device in map_location.items():
+            if not isinstance(saved, (str, torch.device)) or not isinstance(
+                device, (str, torch.device)
+            ):
+                raise TypeError(
+                    f"cannot load {path}: map_location's entry {saved!r}: {device!r} is not "
+                    "allowed; a dict map_location maps saved locations to devices, each a "
+                    "str or a torch.device"
+                )
+            remap[str(saved)] = str(_device_of(path, device, f"map_location[{saved!r}]"))
+        return remap
+    if callable(map_location):
+        return _RecordingMapLocation(map_location)
+    raise TypeError(
+        f"cannot load {path}: map_location={map_location!r} is not allowed; expected "
+        f"{_MAP_LOCATIONS}"
+    )
+
+
+class _RecordingMapLocation:
+    """A callable ``map_location``, remembering the error it raised (torch.load hides it)."""
+
+    def __init__(self, function: Callable[[Any, str], Any]) -> None:
+        self._function = function
+        self.error: Exception | None = None
+
+    def __call__(self, storage: Any, location: str) -> Any:
+        try:
+            return self._function(storage, location)
+        except Exception as e:
+            self.error = e
+            raise
+
+
+def _with_path(e: Exception, message: str) -> Exception:
+    """``e``'s type with ``message``, or ``e`` with ``message`` as a note where its type
+    takes other arguments."""
+    try:
+        return type(e)(message)
+    except Exception:
+        add_note = getattr(e, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(message)
+        return e
 
 
 def _read(path: str, map_location: Any, weights_only: bool, what: str) -> Any:
     """``torch.load`` that names the file and the trouble instead of an unpickling trace."""
+    map_location = _checked_map_location(path, map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as e:  # torch.load fails on bad bytes in many ways; name the file
+        if isinstance(map_location, _RecordingMapLocation) and map_location.error is not None:
+            cause = map_location.error
+            error = _with_path(cause, f"cannot load {path}: map_location raised {cause!r}")
+            if error is cause:
+                raise
+            raise error from cause
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"{path} is not a readable {what} (truncated, corrupt, or holding objects other "
@@ -307,7 +510,8 @@ def load_state(
 
     With ``weights_only=True`` (the default) the file cannot run code: it may hold only
     tensors and plain values. ``weights_only=False`` unpickles anything, which runs
-    whatever code the file names: use it only for files you trust.
+    whatever code the file names: use it only for files you trust. ``map_location`` is
+    ``torch.load``'s, checked before the file is read (see :func:`_checked_map_location`).
     """
     path = os.fspath(filename)
     state = _read(path, map_location, weights_only, "optimizer checkpoint")
@@ -383,24 +587,83 @@ def rng_state() -> dict[str, Any]:
     }
 
 
+def _python_rng_state(entry: Any) -> Any:
+    version, internal, gauss = entry
+    return (version, tuple(internal), gauss)
+
+
+def _numpy_rng_state(entry: Any) -> Any:
+    """The NumPy state of :func:`rng_state`'s entry, its keys back as ``uint32``."""
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = entry
+    if keys.is_complex() or keys.is_floating_point() or keys.dtype == torch.bool:
+        raise ValueError(f"its keys must be an integer tensor, found {keys.dtype}")
+    keys = keys.cpu().to(torch.int64)
+    if keys.numel() and not (bool((keys >= 0).all()) and bool((keys < 2**32).all())):
+        raise ValueError("its keys must lie in [0, 2**32)")
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the generators from :func:`rng_state`."""
+    """Restore the generators from :func:`rng_state` (its tensors may be on any device)."""
     import random
 
     import numpy as np
 
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(_python_rng_state(state["python"]))
+    np.random.set_state(_numpy_rng_state(state["numpy"]))
+
+
+def _check_rng_state(path: str, rng: Any) -> None:
+    """Raise ``ValueError`` naming ``path`` unless every generator takes its state.
+
+    Each state is tried on a scratch generator of its kind (torch's checks the size and
+    type of its state, Python's and NumPy's theirs), so that restoring the real ones
+    cannot fail after the param store and the optimizer have changed.
+    """
+    import random
+
+    import numpy as np
+
+    ok = (
+        isinstance(rng, Mapping)
+        and {"torch", "python", "numpy"} <= set(rng)
+        and isinstance(rng["torch"], torch.Tensor)
+        and isinstance(rng["python"], (tuple, list))
+        and len(rng["python"]) == 3
+        and isinstance(rng["numpy"], (tuple, list))
+        and len(rng["numpy"]) == 5
+        and isinstance(rng["numpy"][1], torch.Tensor)
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: its 'rng' entry is not the random generators' state that "
+            "save_training writes ('torch', 'python' and 'numpy' entries)"
+        )
+    trials: dict[str, Callable[[Any], Any]] = {
+        "torch": lambda entry: torch.Generator().set_state(entry.cpu()),
+        "python": lambda entry: random.Random().setstate(_python_rng_state(entry)),
+        "numpy": lambda entry: np.random.RandomState().set_state(_numpy_rng_state(entry)),
+    }
+    for which, trial in trials.items():
+        try:
+            trial(rng[which])
+        except Exception as e:
+            raise ValueError(
+                f"{path}: its 'rng' entry holds a {which!r} state that the {which} random "
+                f"generator refuses: {e}"
+            ) from None
 
 
 def save_training(filename: str | os.PathLike[str], optim: Any, *, rng: bool = True) -> None:
     """Save Pyro's param store and ``optim``'s state together in one atomic file.
 
-    With ``rng=True`` the random generators' states are saved too, so that a resumed
-    SVI run draws the same samples and retraces the same loss curve.
+    Written by :func:`save_atomic`: a crash leaves the old file or the new one, and a
+    hard link to the old file keeps the old contents. With ``rng=True`` the random
+    generators' states are saved too, so that a resumed SVI run draws the same samples
+    and retraces the same loss curve.
 
     Example::
 
@@ -439,13 +702,18 @@ def load_training(
     :func:`save_training`'s file.
 
     Loads safely by default: the file may hold tensors, plain values and constraint
-    objects only. All or nothing: the whole file is read and checked before anything
-    changes (each optimizer entry's state must have the shape of the parameter of
-    its name, the file's or else the store's; entries for names in neither wait for
-    their parameter), and if applying the optimizer state still fails, the param
-    store and the random generators are put back as they were. Every error names the
-    file. Like Pyro's ``param_store.set_state``, the file's parameters are added to
-    the store, replacing those of the same name; others stay.
+    objects only. ``map_location`` is ``torch.load``'s, checked before the file is read
+    (see :func:`_checked_map_location`).
+
+    All or nothing: the whole file is read and checked before anything changes (each
+    optimizer entry's hyperparameters and state, and its shapes against the parameter
+    of its name, the file's or else the store's, while entries for names in neither
+    wait for their parameter; each random generator's state, tried on a scratch
+    generator). Then the generators, the param store and, last, the optimizer take
+    their parts; the optimizer takes its part whole or not at all, and if it refuses,
+    the store and the generators are put back as they were. Every error names the file.
+    Like Pyro's ``param_store.set_state``, the file's parameters are added to the store,
+    replacing those of the same name; others stay.
     """
     import pyro
 
@@ -495,35 +763,24 @@ def load_training(
 
     rng_before = rng_state()
     try:
+        if "rng" in state:
+            set_rng_state(state["rng"])  # checked above: cannot fail
         param_store.set_state(
             {"params": dict(store["params"]), "constraints": dict(store["constraints"])}
         )
+        # Last: the optimizer takes its state all or nothing, and nothing after it can
+        # fail, so that undoing the store and the generators undoes everything.
         apply_state(optim, optimizer_state, path)
-        if "rng" in state:
-            set_rng_state(state["rng"])
-    except BaseException:
+    except BaseException as e:
         param_store.clear()
         param_store.set_state(store_before)
         set_rng_state(rng_before)
-        raise
-
-
-def _check_rng_state(path: str, rng: Any) -> None:
-    ok = (
-        isinstance(rng, Mapping)
-        and {"torch", "python", "numpy"} <= set(rng)
-        and isinstance(rng["torch"], torch.Tensor)
-        and isinstance(rng["python"], (tuple, list))
-        and len(rng["python"]) == 3
-        and isinstance(rng["numpy"], (tuple, list))
-        and len(rng["numpy"]) == 5
-        and isinstance(rng["numpy"][1], torch.Tensor)
-    )
-    if not ok:
-        raise ValueError(
-            f"{path}: its 'rng' entry is not the random generators' state that "
-            "save_training writes ('torch', 'python' and 'numpy' entries)"
-        )
+        if not isinstance(e, Exception) or path in str(e):
+            raise
+        error = _with_path(e, f"{path}: {e}")
+        if error is e:
+            raise
+        raise error from e
 
 
 def _check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: Any) -> None:
@@ -550,7 +807,23 @@ def _check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: A
 
 
 def check_param_state(name: Any, state: Any, where: str = "state") -> None:
-    """Check the shape of one parameter's entry (pyro.optim's per-parameter format)."""
+    """Check one parameter's entry (pyro.optim's per-parameter format) before it is used.
+
+    Checks its layout (a one-parameter optimizer's state dict), the hyperparameters
+    whose meaning every torch and pyro optimizer taking them shares (``lr``, ``betas``,
+    ``eps``, ``weight_decay``, ``momentum``, the flags, ...: see ``_HYPERPARAMETERS``)
+    and the state entries whose kind is known (``step`` a whole number >= 0 or a
+    tensor of them; parameter-shaped entries tensors). A value of the wrong kind raises
+    ``TypeError``, one out of range ``ValueError``, naming ``where``, the parameter, the
+    key, the value and what is allowed. Keys it does not know are left to the optimizer.
+
+    >>> group = {"lr": 0.1, "betas": (0.9, 0.999), "params": [0]}
+    >>> check_param_state("w", {"state": {0: {"step": 3.0}}, "param_groups": [group]})
+    >>> bad = {"state": {0: {"step": -7}}, "param_groups": [group]}
+    >>> check_param_state("w", bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: state: the optimizer state of 'w' has state entry 'step' = -7; allowed: a...
+    """
     if not isinstance(name, str):
         raise ValueError(f"{where}: parameter names must be strings, found {name!r}")
     if not isinstance(state, Mapping):
@@ -594,3 +867,255 @@ def _check_optimizer_state(name: str, state: Any, where: str) -> None:
             f"{where}: the optimizer state of {name!r} must be a one-parameter optimizer "
             "state dict with keys 'state' and 'param_groups' (one group)"
         )
+    for key, value in groups[0].items():
+        check = _HYPERPARAMETERS.get(key)
+        if check is not None:
+            _refuse_unless(check(value), where, name, "hyperparameter", key, value)
+    for index, entries in state["state"].items():
+        if index != 0 or not isinstance(entries, Mapping):
+            raise ValueError(
+                f"{where}: the optimizer state of {name!r} must hold the state of its one "
+                f"parameter as {{0: {{key: value}}}}, found {{{index!r}: "
+                f"{type(entries).__name__}}}"
+            )
+        for key, value in entries.items():
+            check = _state_entries().get(key)
+            if check is not None:
+                _refuse_unless(check(value), where, name, "state entry", key, value)
+
+
+# -- what a saved hyperparameter or state entry may be ---------------------------------
+#: A check's verdict on a value: ``None`` if allowed, else the error type to raise
+#: (``TypeError`` for a value of the wrong kind, ``ValueError`` for one out of range)
+#: and what is allowed.
+_Verdict = tuple[type[Exception], str] | None
+_Check = Callable[[Any], _Verdict]
+
+
+def _refuse_unless(
+    verdict: _Verdict, where: str, name: str, what: str, key: str, value: Any
+) -> None:
+    if verdict is not None:
+        error, allowed = verdict
+        raise error(
+            f"{where}: the optimizer state of {name!r} has {what} {key!r} = {value!r}; "
+            f"allowed: {allowed}"
+        )
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a real number or a one-element real tensor, else None.
+
+    >>> _real(3), _real(torch.tensor([0.5])), _real(True), _real("0.1")
+    (3.0, 0.5, None, None)
+    """
+    if type(value) in (float, int):  # the common case, without the ABC check below
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        if (
+            value.numel() != 1
+            or value.is_meta
+            or value.is_complex()
+            or value.dtype == torch.bool
+            or value.layout != torch.strided
+        ):
+            return None
+        return float(value.item())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class _Range:
+    """Real numbers from ``low`` to ``high``, each end open or closed, as torch's
+    optimizers check their arguments (NaN lies in no range).
+
+    >>> 1.0 in _Range(0, 1, high_open=True), float("nan") in _Range(), str(_Range(0))
+    (False, False, '>= 0')
+    """
+
+    def __init__(
+        self,
+        low: float = -math.inf,
+        high: float = math.inf,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low == -math.inf and self.high == math.inf:
+            return ""
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low == -math.inf:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def _number(allowed_range: _Range | None = None) -> _Check:
+    """A real number (or one-element tensor), in ``allowed_range`` if given."""
+    allowed_range = allowed_range or _Range()
+    allowed = f"a real number {allowed_range}".strip()
+
+    def check(value: Any) -> _Verdict:
+        x = _real(value)
+        if x is None:
+            return TypeError, allowed
+        return None if x in allowed_range else (ValueError, allowed)
+
+    return check
+
+
+def _numbers(items: list[_Check] | _Check, allowed: str) -> _Check:
+    """A tuple or list: of ``len(items)`` values each passing its check, or of any
+    positive number of values each passing the one check ``items``."""
+
+    def check(value: Any) -> _Verdict:
+        if not isinstance(value, (tuple, list)):
+            return TypeError, allowed
+        if not value or (isinstance(items, list) and len(value) != len(items)):
+            return ValueError, allowed
+        checks = items if isinstance(items, list) else [items] * len(value)
+        for item, item_check in zip(value, checks, strict=True):
+            verdict = item_check(item)
+            if verdict is not None:
+                return verdict[0], allowed
+        return None
+
+    return check
+
+
+def _either(first: _Check, second: _Check, allowed: str) -> _Check:
+    """What passes ``first`` or ``second``; refused as out of range (``ValueError``)
+    where either found the value's kind right."""
+
+    def check(value: Any) -> _Verdict:
+        refusals = [first(value), second(value)]
+        if None in refusals:
+            return None
+        kinds = [refusal[0] for refusal in refusals if refusal is not None]
+        return (ValueError if ValueError in kinds else TypeError), allowed
+
+    return check
+
+
+def _none(value: Any) -> _Verdict:
+    return None if value is None else (TypeError, "None")
+
+
+def _flag(*, optional: bool = False) -> _Check:
+    allowed = "True, False or None" if optional else "True or False"
+
+    def check(value: Any) -> _Verdict:
+        ok = isinstance(value, bool) or (optional and value is None)
+        return None if ok else (TypeError, allowed)
+
+    return check
+
+
+def _step(value: Any) -> _Verdict:
+    """torch's 0-dim tensor step, pyro's int step, a float step of older files, or
+    DCTAdam's per-element tensor of steps: whole numbers >= 0 in every case."""
+    allowed = "a whole number >= 0, or a tensor of whole numbers >= 0 (torch's 0-dim step)"
+    if isinstance(value, torch.Tensor):
+        if (
+            value.is_meta
+            or value.is_complex()
+            or value.dtype == torch.bool
+            or value.layout != torch.strided
+        ):
+            return TypeError, allowed
+        if value.numel() != 1:
+            steps = value.detach().to(torch.float64)
+            ok = bool((torch.isfinite(steps) & (steps >= 0) & (steps == steps.trunc())).all())
+            return None if ok else (ValueError, allowed)
+        value = value.item()  # one element: cheaper in Python than as tensor operations
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return TypeError, allowed
+    x = float(value)
+    return None if math.isfinite(x) and x >= 0 and x == int(x) else (ValueError, allowed)
+
+
+def _tensor(*, optional: bool = False) -> _Check:
+    allowed = "a tensor" + (" or None" if optional else "")
+
+    def check(value: Any) -> _Verdict:
+        ok = isinstance(value, torch.Tensor) or (optional and value is None)
+        return None if ok else (TypeError, allowed)
+
+    return check
+
+
+_AT_LEAST_0 = _number(_Range(0))
+_UNIT = _Range(0, 1, high_open=True)
+
+#: Hyperparameters whose meaning every torch and pyro optimizer that takes them shares,
+#: with the ranges their constructors (and pyroopt's) accept. Keys not listed here
+#: (a schedule's ``max_lr``, Muon's ``ns_coefficients``, a custom optimizer's own)
+#: are left to the optimizer.
+_HYPERPARAMETERS: dict[str, _Check] = {
+    "lr": _AT_LEAST_0,
+    "initial_lr": _AT_LEAST_0,  # what a schedule started from
+    "eps": _either(
+        _AT_LEAST_0,
+        _numbers(_either(_none, _AT_LEAST_0, ""), ""),
+        "a real number >= 0, or a tuple of such numbers or None (Adafactor's)",
+    ),
+    "betas": _numbers(_number(_UNIT), "a tuple of real numbers in [0, 1)"),
+    "etas": _numbers(
+        [_number(_Range(0, 1, low_open=True, high_open=True)), _number(_Range(1, low_open=True))],
+        "a pair (etaminus, etaplus) with 0 < etaminus < 1 < etaplus",
+    ),
+    "step_sizes": _numbers([_number(), _number()], "a pair of real numbers (min, max)"),
+    "rho": _number(_Range(0, 1)),
+    "beta2_decay": _number(_Range(high=0)),
+    "weight_decay": _AT_LEAST_0,
+    "momentum": _AT_LEAST_0,
+    "dampening": _number(),
+    "lr_decay": _AT_LEAST_0,
+    "initial_accumulator_value": _AT_LEAST_0,
+    "momentum_decay": _AT_LEAST_0,
+    "alpha": _number(),
+    "lambd": _number(),
+    "t0": _number(),
+    "clip_norm": _AT_LEAST_0,  # ClippedAdam, DCTAdam
+    "lrd": _AT_LEAST_0,
+    "eta": _AT_LEAST_0,  # AdagradRMSProp
+    "delta": _AT_LEAST_0,
+    **dict.fromkeys(
+        [
+            "amsgrad",
+            "maximize",
+            "nesterov",
+            "centered",
+            "capturable",
+            "differentiable",
+            "decoupled_weight_decay",
+            "centered_variance",
+            "subsample_aware",
+        ],
+        _flag(),
+    ),
+    "foreach": _flag(optional=True),
+    "fused": _flag(optional=True),
+}
+
+
+@functools.cache
+def _state_entries() -> dict[str, _Check]:
+    """Per-parameter state entries whose kind is known: parameter-shaped tensors and steps."""
+    from pyroopt.engine import PARAM_SHAPED_STATE  # engine imports much; checkpoint little
+
+    entries: dict[str, _Check] = dict.fromkeys(PARAM_SHAPED_STATE, _tensor())
+    # torch's SGD before 2.0 saved None for a buffer not yet made, and loads it still
+    entries["momentum_buffer"] = _tensor(optional=True)
+    entries["step"] = _step
+    return entries
