@@ -18,6 +18,11 @@ source, the compiler and its flags, so an edited source is rebuilt rather than a
 stale library loaded, and concurrent builds (several workers of one job) each write
 a private file and rename it into place.
 
+Before a loop runs in a process, it is compared bit for bit with torch's own optimizer
+on this machine (:mod:`pyroopt.native.selfcheck`); a loop that differs is turned off and
+its rule runs the chain of torch ops. That verdict, like the in-line root's, is kept next
+to the library under a name that carries what it depends on (:func:`verdict_path`).
+
 Where no library can be had (no C compiler; ``PYROOPT_NATIVE=0`` in the environment
 to turn it off), :func:`library` returns ``None`` and :func:`unavailable_reason` says
 why; callers then run their eager torch form, which computes the same numbers.
@@ -140,6 +145,103 @@ def build() -> Path:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def verdict_path(kind: str, library: Path, *depends_on: str) -> Path:
+    """Where a verdict of ``kind`` about ``library`` on this machine is kept.
+
+    It lies next to the library, under a name that carries a hash of everything the
+    verdict depends on: the CPU model, torch's build (its version and its CPU library),
+    MKL's identity (the version it reports, and the environment variables that steer its
+    choice of kernel), the library's own hash, and ``depends_on``. Change any of them and
+    the name changes, so the verdict is made anew.
+
+    Example::
+
+        >>> from pathlib import Path
+        >>> verdict_path("example", Path("/cache/lib.so"), "x").name.startswith("example-")
+        True
+        >>> verdict_path("example", Path("/cache/lib.so"), "x") == verdict_path(
+        ...     "example", Path("/cache/lib.so"), "y")
+        False
+    """
+    import torch
+
+    from pyroopt.native import _entry, _newton_root
+
+    torch_cpu = _entry.torch_cpu_path()
+    stat = os.stat(torch_cpu) if torch_cpu else None
+    parts = [
+        _newton_root.cpu_identity(),
+        torch.__version__,
+        f"{torch_cpu} {stat.st_size} {stat.st_mtime_ns}" if stat else "no torch_cpu",
+        f"MKL {_entry.mkl_version()}",
+        *(f"{name}={os.environ.get(name, '')}" for name in _newton_root.MKL_VARIABLES),
+        library.name,
+        *depends_on,
+    ]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    return library.parent / f"{kind}-{digest.hexdigest()[:16]}.txt"
+
+
+def read_verdict(path: Path) -> str:
+    """The verdict kept at ``path``; ``""`` where none is (or it cannot be read)."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def keep_verdict(path: Path, verdict: str) -> None:
+    """Keep ``verdict`` at ``path``, written to a private file renamed into place, so
+    that concurrent processes never read half of one; where the cache cannot be
+    written, nothing is kept."""
+    from pyroopt.native import _newton_root
+
+    _newton_root._keep(path, verdict)
+
+
+#: the instruction sets each loop is compiled for, widest first (:file:`parallel.h`)
+#: and the CPU flags each needs; GCC's resolver runs the first the CPU supports
+VECTOR_CLONES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("avx512f", frozenset({"avx512f"})),
+    (
+        "x86-64-v3 (AVX2 and FMA)",
+        frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+    ),
+    ("default (baseline x86-64)", frozenset()),
+)
+
+
+@functools.cache
+def vector_clone() -> str:
+    """Which compiled variant of the loops this CPU runs (:file:`parallel.h`: GCC on
+    x86-64 Linux builds an AVX-512F, an x86-64-v3 and a baseline clone of each loop and
+    picks one at load time); elsewhere the one build there is."""
+    cc = compiler()
+    macros = ""
+    if cc is not None:
+        try:
+            done = subprocess.run(
+                [*cc, "-dM", "-E", "-x", "c", os.devnull], capture_output=True, text=True
+            )
+            macros = done.stdout
+        except OSError:
+            macros = ""
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ")}
+    if not ({"__GNUC__", "__x86_64__", "__linux__"} <= defined) or "__clang__" in defined:
+        return "one build, no vector clones (the clones are GCC's, on x86-64 Linux)"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return next(name for name, needs in VECTOR_CLONES if needs <= set(flags))
 
 
 @functools.cache

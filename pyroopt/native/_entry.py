@@ -38,9 +38,26 @@ SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def typed(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
-    """The C function ``{name}_{suffix}`` for ``dtype``, typed; ``None`` without the
-    library or for a dtype the loops are not compiled for. (Callers cache it, in a
-    cache that tests clear with the library's.)"""
+    """The C function ``{name}_{suffix}`` for ``dtype``, typed, once the library's
+    self-check (:mod:`pyroopt.native.selfcheck`) has found it equal to torch's optimizer
+    here; ``None`` without the library, for a dtype the loops are not compiled for, or for
+    a loop the check turned off (the rule then runs its chain of torch ops).
+
+    Callers cache what it returns (in a cache that tests clear with the library's), so
+    the check costs nothing per call after the first lookup.
+    """
+    function = unchecked(name, dtype, argtypes)
+    if function is None:
+        return None
+    from pyroopt.native import selfcheck  # it imports the wrappers, which import this module
+
+    return function if selfcheck.reason_off(name, dtype) is None else None
+
+
+def unchecked(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
+    """The C function ``{name}_{suffix}`` for ``dtype``, typed, whatever the self-check
+    says of it; ``None`` without the library or for a dtype the loops are not compiled
+    for."""
     lib = native.library() if dtype in SUFFIXES else None
     if lib is None:
         return None
@@ -94,6 +111,20 @@ def sqrt_function(dtype: torch.dtype) -> int | None:
     if mkl_threads_local_address() is None:  # the loops keep MKL on each part's thread
         return None
     return _address({torch.float32: "vmsSqrt", torch.float64: "vmdSqrt"}[dtype])
+
+
+@functools.cache
+def mkl_version() -> str | None:
+    """The version MKL reports at run time (the MKL torch's CPU library was linked with),
+    e.g. ``"Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605
+    ..."``; ``None`` where torch has no MKL."""
+    address = _address("MKL_Get_Version_String")
+    if address is None:
+        return None
+    get_version = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int)(address)
+    text = ctypes.create_string_buffer(256)
+    get_version(text, len(text))
+    return text.value.decode(errors="replace")
 
 
 #: what the thread driver of :file:`parallel.c` calls in torch's OpenMP runtime

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,9 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ARGTYPES = (
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
+LOOP = "pyroopt_adagrad"
+ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 3,  # params, grads, sums
     _entry.INT64S,  # numels
@@ -47,7 +49,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_adagrad", dtype, _ARGTYPES)
+    return _entry.typed(LOOP, dtype, ARGTYPES)
 
 
 def adagrad_update(
@@ -61,6 +63,7 @@ def adagrad_update(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One Adagrad step of every tensor in place; ``False`` (nothing changed) if it
     cannot run.
@@ -69,6 +72,10 @@ def adagrad_update(
     lr_decay)``, negated, as a Python float). On a tensor's first step (``fresh``) its
     sum starts at ``initial_accumulator_value``, as torch creates it, whatever ``sums``
     holds. It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if not (len(fresh) == len(neg_lrs) == len(params)):
         raise ValueError(f"{len(fresh)} flags and {len(neg_lrs)} rates for {len(params)} tensors")
@@ -83,5 +90,9 @@ def adagrad_update(
         int(maximize),
     )
     return _entry.run_loop(
-        _function, (params, grads, sums), rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+        function_for or _function,
+        (params, grads, sums),
+        rest,
+        min_per_thread=MIN_NUMEL_PER_THREAD,
+        root=True,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,9 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ARGTYPES = (
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
+LOOP = "pyroopt_adagrad_rmsprop"
+ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 3,  # params, grads, sums
     _entry.INT64S,  # numels
@@ -45,7 +47,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_adagrad_rmsprop", dtype, _ARGTYPES)
+    return _entry.typed(LOOP, dtype, ARGTYPES)
 
 
 def adagrad_rmsprop_update(
@@ -56,6 +58,7 @@ def adagrad_rmsprop_update(
     neg_lrs: Sequence[float],
     *,
     t: float,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One AdagradRMSProp step of every tensor in place; ``False`` (nothing changed) if
     it cannot run.
@@ -63,6 +66,10 @@ def adagrad_rmsprop_update(
     ``neg_lrs`` holds each tensor's ``-lr``, pyro's ``eta * step ** (-0.5 + delta)``
     negated; on a tensor's first step (``fresh``) its sum becomes ``g * g``, whatever
     ``sums`` holds. It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if not (len(fresh) == len(neg_lrs) == len(params)):
         raise ValueError(f"{len(fresh)} flags and {len(neg_lrs)} rates for {len(params)} tensors")
@@ -70,5 +77,9 @@ def adagrad_rmsprop_update(
         return True
     rest = (_entry.flags(fresh), _entry.doubles(neg_lrs), 1.0 - t, t)
     return _entry.run_loop(
-        _function, (params, grads, sums), rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+        function_for or _function,
+        (params, grads, sums),
+        rest,
+        min_per_thread=MIN_NUMEL_PER_THREAD,
+        root=True,
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,10 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ADAM_ARGTYPES = (
+#: the C loops (``{name}_f32``, ``{name}_f64``) and their C signatures
+ADAM_LOOP = "pyroopt_adam"
+CLIPPED_LOOP = "pyroopt_clipped_adam"
+ADAM_ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 5,  # params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
     _entry.INT64S,  # numels
@@ -44,7 +47,7 @@ _ADAM_ARGTYPES = (
     ctypes.c_int,  # threads
     ctypes.c_int64,  # elements per thread, at least
 )
-_CLIPPED_ARGTYPES = (
+CLIPPED_ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 4,  # params, grads, exp_avg, exp_avg_sq
     _entry.INT64S,  # numels
@@ -62,12 +65,12 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _adam_function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_adam", dtype, _ADAM_ARGTYPES)
+    return _entry.typed(ADAM_LOOP, dtype, ADAM_ARGTYPES)
 
 
 @functools.cache
 def _clipped_function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_clipped_adam", dtype, _CLIPPED_ARGTYPES)
+    return _entry.typed(CLIPPED_LOOP, dtype, CLIPPED_ARGTYPES)
 
 
 def _per_tensor(steps: Sequence[int], n: int) -> Sequence[int]:
@@ -93,6 +96,7 @@ def adam_update(
     decoupled: bool,
     amsgrad: bool,
     maximize: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One Adam step of every tensor in place; ``False`` (nothing changed) if it cannot run.
 
@@ -101,6 +105,10 @@ def adam_update(
     ``decoupled`` is AdamW's weight decay. It runs when the native library is loaded and
     all tensors are contiguous (not lazily negated), on the CPU, of one dtype (float32
     or float64), with matching sizes. It never writes the gradients.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if not params:
         return True
@@ -126,7 +134,7 @@ def adam_update(
         int(maximize),
     )
     return _entry.run_loop(
-        _adam_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+        function_for or _adam_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
     )
 
 
@@ -143,12 +151,17 @@ def clipped_adam_update(
     weight_decay: float,
     clip_norm: float,
     centered_variance: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One step of Pyro's ClippedAdam on every tensor in place (``lr`` already decayed
     for this call); ``False`` (nothing changed) if it cannot run.
 
     Like pyro, it clamps the gradients in place to ``[-clip_norm, clip_norm]``. It runs
     where :func:`adam_update` does.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if not params:
         return True
@@ -168,7 +181,7 @@ def clipped_adam_update(
         int(centered_variance),
     )
     return _entry.run_loop(
-        _clipped_function,
+        function_for or _clipped_function,
         (params, grads, exp_avgs, exp_avg_sqs),
         rest,
         min_per_thread=MIN_NUMEL_PER_THREAD,

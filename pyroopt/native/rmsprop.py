@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,9 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ARGTYPES = (
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
+LOOP = "pyroopt_rmsprop"
+ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 5,  # params, grads, square_avg, grad_avg, momentum_buffer
     _entry.INT64S,  # numels
@@ -46,7 +48,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_rmsprop", dtype, _ARGTYPES)
+    return _entry.typed(LOOP, dtype, ARGTYPES)
 
 
 def rmsprop_update(
@@ -63,6 +65,7 @@ def rmsprop_update(
     momentum: float,
     centered: bool,
     maximize: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One RMSprop step of every tensor in place; ``False`` (nothing changed) if it
     cannot run.
@@ -70,6 +73,10 @@ def rmsprop_update(
     ``grad_avgs`` (torch's ``grad_avg``) are used only when ``centered``, ``bufs``
     (``momentum_buffer``) only when ``momentum > 0``; otherwise they may be empty.
     It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if not params:
         return True
@@ -81,4 +88,6 @@ def rmsprop_update(
         bufs if momentum > 0 else None,
     )
     rest = (lr, alpha, 1 - alpha, eps, weight_decay, momentum, int(centered), int(maximize))
-    return _entry.run_loop(_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True)
+    return _entry.run_loop(
+        function_for or _function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,9 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ARGTYPES = (
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
+LOOP = "pyroopt_rprop"
+ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 4,  # params, grads, prevs, step sizes
     _entry.INT64S,  # numels
@@ -45,8 +47,9 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    """The C entry for ``dtype``, typed; ``None`` without the library or for other dtypes."""
-    return _entry.typed("pyroopt_rprop", dtype, _ARGTYPES)
+    """The C entry for ``dtype``, typed; ``None`` without the library, for other dtypes,
+    or where its self-check turned it off (:func:`pyroopt.native._entry.typed`)."""
+    return _entry.typed(LOOP, dtype, ARGTYPES)
 
 
 def rprop_update(
@@ -60,6 +63,7 @@ def rprop_update(
     etas: tuple[float, float],
     step_sizes: tuple[float, float],
     maximize: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     r"""One Rprop step of every tensor in place; ``False`` (nothing changed) if it cannot run.
 
@@ -72,6 +76,10 @@ def rprop_update(
     lazily negated), on the CPU, and of one dtype, float32 or float64, with matching
     sizes. Every tensor it writes is marked modified for autograd, as an in-place torch
     operation would be.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if len(fresh) != len(params):  # the loop reads one flag per tensor
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
@@ -79,7 +87,7 @@ def rprop_update(
         return True
     rest = (_entry.flags(fresh), lr, *etas, *step_sizes, int(maximize))
     return _entry.run_loop(
-        _function,
+        function_for or _function,
         (params, grads, prevs, sizes),
         rest,
         min_per_thread=MIN_NUMEL_PER_THREAD,

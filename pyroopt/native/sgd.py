@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,9 @@ from torch import Tensor
 
 from pyroopt.native import _entry
 
-_ARGTYPES = (
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
+LOOP = "pyroopt_sgd"
+ARGTYPES = (
     ctypes.c_int64,  # number of tensors
     *[_entry.POINTERS] * 3,  # params, grads, momentum buffers
     _entry.INT64S,  # numels
@@ -45,7 +47,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed("pyroopt_sgd", dtype, _ARGTYPES)
+    return _entry.typed(LOOP, dtype, ARGTYPES)
 
 
 def sgd_update(
@@ -60,6 +62,7 @@ def sgd_update(
     weight_decay: float,
     nesterov: bool,
     maximize: bool,
+    function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One SGD step of every tensor in place; ``False`` (nothing changed) if it cannot run.
 
@@ -70,6 +73,10 @@ def sgd_update(
     It runs when the native library is loaded and all tensors are contiguous (and not
     lazily negated), on the CPU, and of one dtype, float32 or float64, with matching
     sizes. Every tensor it writes is marked modified for autograd.
+
+    ``function_for`` picks the C function per dtype: by default this module's, which the
+    library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
+    passes the unchecked one.
     """
     if len(fresh) != len(params):
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
@@ -85,4 +92,6 @@ def sgd_update(
         int(nesterov),
         int(maximize),
     )
-    return _entry.run_loop(_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=False)
+    return _entry.run_loop(
+        function_for or _function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=False
+    )
