@@ -32,7 +32,7 @@ test: install docs
 	$(PY) -m pytest
 
 # Everything but the tests marked slow (tutorials, multi-process runs, the wheel build).
-test-fast: install
+test-fast: install docs
 	$(PY) -m pytest -m "not slow"
 
 lint: install

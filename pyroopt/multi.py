@@ -398,6 +398,13 @@ class PyroMultiOptimizer(MultiOptimizer):
         self.optim = optim
 
     def get_step(self, loss: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Not available: raises ``NotImplementedError``, because the update goes through
+        a torch optimizer in place; call :meth:`step` instead, or use an optimizer with a
+        differentiable step such as :class:`Newton`.
+
+        :param loss: a scalar tensor computed from ``params``, to be minimized.
+        :param params: ``{name: unconstrained tensor}``.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} steps a torch optimizer in place, so it has no "
             "differentiable get_step; call step(), or use a differentiable optimizer "
