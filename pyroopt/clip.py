@@ -79,19 +79,31 @@ def clip_norms_(
 
     Bit for bit what ``torch.nn.utils.clip_grad_norm_(p, c)`` does to each one, as
     pyro.optim calls it: the total norm of one gradient is the norm of its norm (a
-    reduction of one element), and ``c / (total + 1e-6)`` is computed as torch's
-    ``Tensor.__rtruediv__`` does, as a reciprocal times ``c``.
+    reduction of one element, in the norm's dtype), and ``c / (total + 1e-6)`` is
+    computed as torch's ``Tensor.__rtruediv__`` does, as a reciprocal times the Python
+    number ``c``, which torch's CPU kernels hold in float32 for float16 and bfloat16
+    tensors (:func:`scalar_dtype`).
     """
-    by_device: dict[torch.device, list[int]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, n in enumerate(norms):
-        by_device.setdefault(n.device, []).append(i)
+        groups.setdefault((n.device, n.dtype), []).append(i)
     with torch.no_grad():
-        for device, rows in by_device.items():
+        for (device, dtype), rows in groups.items():
             stacked = torch.stack([norms[i] for i in rows]).unsqueeze(1)
             totals = torch.linalg.vector_norm(stacked, 2, dim=1)
-            limits = torch.tensor([max_norms[i] for i in rows], dtype=totals.dtype, device=device)
-            scale = (totals + _EPS).reciprocal_().mul_(limits).clamp_(max=1.0)
+            limits = [max_norms[i] for i in rows]
+            limit = torch.tensor(limits, dtype=scalar_dtype(dtype), device=device)
+            scale = (totals + _EPS).reciprocal_().mul_(limit).clamp_(max=1.0)
             torch._foreach_mul_([grads[i] for i in rows], list(scale.unbind(0)))
+
+
+def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which torch's CPU kernels apply a Python number to ``dtype`` tensors.
+
+    >>> scalar_dtype(torch.bfloat16), scalar_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 def clip_values_(grads: Sequence[Tensor], max_values: Sequence[float]) -> None:

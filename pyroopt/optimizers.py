@@ -53,6 +53,15 @@ def _check_betas(betas: Any) -> None:
     )
 
 
+def _check_lr(lr: Any) -> None:
+    """A number >= 0, or a one-element tensor >= 0 (as pyro's and torch's classes take)."""
+    if isinstance(lr, Tensor):
+        _require(lr.numel() == 1, "lr", lr, "a tensor lr must have one element")
+        _require(bool(lr >= 0), "lr", lr, "expected a number >= 0")
+        return
+    _check_non_negative(lr=lr)
+
+
 def _check_non_negative(**values: float) -> None:
     for name, value in values.items():
         _require(
@@ -107,10 +116,21 @@ class RuleOptimizer(Optimizer):
         for state in states:
             state["step"] += 1
         steps = [int(state["step"]) for state in states]
-        as_real = [_real(p) for p in params]
-        lists = {k: [_real(state[k]) for state in states] for k in self.rule.state_keys(group)}
-        batch = Batch(as_real, [_real(g) for g in grads], lists, steps)  # type: ignore[arg-type]
+        # complex tensors as pairs of reals, as torch's optimizers take them, unless the
+        # rule is pyro's own and takes them as they are (AdagradRMSProp)
+        view = _real if self.rule.complex_as_real else _same
+        lists = {k: [view(state[k]) for state in states] for k in self.rule.state_keys(group)}
+        batch = Batch(
+            [view(p) for p in params],
+            [view(g) for g in grads],  # type: ignore[arg-type]
+            lists,
+            steps,
+        )
         self.rule.update(batch, group, per_param)
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def _real(t: Tensor) -> Tensor:
@@ -130,7 +150,8 @@ class ClippedAdam(RuleOptimizer):
             \,\frac{m}{\sqrt v + \epsilon}, \qquad \mathrm{lr} \leftarrow \mathrm{lr}
             \cdot \mathrm{lrd} \text{ on every call}
 
-    :param lr: learning rate :math:`\mathrm{lr}` (default 1e-3).
+    :param lr: learning rate :math:`\mathrm{lr}` (default 1e-3); a one-element tensor
+        is multiplied by ``lrd`` in place, as pyro's class does.
     :param betas: decay rates :math:`(\beta_1, \beta_2)` of the running averages of the
         gradient and of its square, each in [0, 1) (default (0.9, 0.999)).
     :param eps: :math:`\epsilon`, added to :math:`\sqrt v` (default 1e-8).
@@ -156,7 +177,8 @@ class ClippedAdam(RuleOptimizer):
         lrd: float = 1.0,
         centered_variance: bool = False,
     ) -> None:
-        _check_non_negative(lr=lr, eps=eps, weight_decay=weight_decay, clip_norm=clip_norm, lrd=lrd)
+        _check_lr(lr)
+        _check_non_negative(eps=eps, weight_decay=weight_decay, clip_norm=clip_norm, lrd=lrd)
         _check_betas(betas)
         defaults = dict(
             lr=lr,

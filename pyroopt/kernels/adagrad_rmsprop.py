@@ -9,17 +9,19 @@ For each parameter at its own step :math:`t` (Kucukelbir et al., 2016, ADVI):
     \theta \leftarrow \theta - \eta\, t^{-1/2 + \delta}\, \frac{g}{1 + \sqrt{s}}
 
 with ``eta`` :math:`\eta`, ``t`` :math:`\tau` and ``delta`` :math:`\delta`. The numbers
-are those of :class:`pyro.optim.adagrad_rmsprop.AdagradRMSProp`.
+are those of :class:`pyro.optim.adagrad_rmsprop.AdagradRMSProp`, complex parameters
+included: like it, :meth:`AdagradRMSPropRule.update` computes in complex arithmetic
+(:math:`g^2` is the complex square, not :math:`|g|^2` or a pair of real squares).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import addcdiv_, mul_
+from pyroopt.kernels._coef import TensorList, addcdiv_, mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.native.adagrad_rmsprop import adagrad_rmsprop_update
 
@@ -27,6 +29,7 @@ from pyroopt.native.adagrad_rmsprop import adagrad_rmsprop_update
 class AdagradRMSPropRule(UpdateRule):
     step_as_tensor = False  # pyro keeps an int
     state_before_first_step = True  # pyro creates it with the optimizer
+    complex_as_real = False  # pyro squares a complex gradient as a complex number
     has_native = True
 
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
@@ -35,13 +38,17 @@ class AdagradRMSPropRule(UpdateRule):
     def update(self, batch: Batch, group: Mapping[str, Any], coef: CoefFn) -> None:
         params, grads, state, steps = batch
         sums, tau = state["sum"], group["t"]
-        # pyro's own operations: s <- g * g on the first step (s is still zero: 0 * s
-        # + g * g), then s *= 1 - t and s += (t * g) * g, two roundings where addcmul
-        # would fuse the multiply-add.
-        mul_(sums, coef([1.0 - tau if t > 1 else 0.0 for t in steps]))
-        scaled = torch._foreach_mul(grads, coef([tau if t > 1 else 1.0 for t in steps]))
-        torch._foreach_mul_(scaled, grads)
-        torch._foreach_add_(sums, scaled)
+        (new_sums, new_grads), (old_sums, old_grads) = _by_first_step(steps, sums, grads)
+        if new_sums:
+            # pyro's own operations: the sum is replaced by g * g on the first step ...
+            torch._foreach_copy_(new_sums, torch._foreach_mul(new_grads, new_grads))
+        if old_sums:
+            # ... and after it s *= 1 - t, then s += (t * g) * g: two roundings where
+            # addcmul would fuse the multiply-add
+            mul_(old_sums, 1.0 - tau)
+            scaled = torch._foreach_mul(old_grads, tau)
+            torch._foreach_mul_(scaled, old_grads)
+            torch._foreach_add_(old_sums, scaled)
         denom = torch._foreach_sqrt(sums)
         torch._foreach_add_(denom, 1.0)
         neg_lr = coef([-(group["eta"] * t ** (-0.5 + group["delta"])) for t in steps])
@@ -60,3 +67,21 @@ class AdagradRMSPropRule(UpdateRule):
             [-(group["eta"] * t ** (-0.5 + group["delta"])) for t in counts],
             t=group["t"],
         )
+
+
+def _by_first_step(
+    steps: Sequence[int], *lists: TensorList
+) -> tuple[tuple[TensorList, ...], tuple[TensorList, ...]]:
+    """``lists`` split into the tensors at their first step and the others.
+
+    ``steps`` holds one count per tensor, or a single count standing for all.
+    """
+    if len(steps) == 1 or all(t == steps[0] for t in steps):
+        everything: tuple[TensorList, ...] = lists
+        nothing: tuple[TensorList, ...] = tuple([] for _ in lists)
+        return (everything, nothing) if steps[0] == 1 else (nothing, everything)
+    first = [t == 1 for t in steps]
+    return (
+        tuple([x for x, f in zip(xs, first, strict=True) if f] for xs in lists),
+        tuple([x for x, f in zip(xs, first, strict=True) if not f] for xs in lists),
+    )

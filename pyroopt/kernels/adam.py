@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels._coef import addcdiv_, mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.adam import adam_update
@@ -66,7 +66,7 @@ class AdamRule(UpdateRule):
         )
         exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
+        mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         if group["amsgrad"]:
             torch._foreach_maximum_(state["max_exp_avg_sq"], exp_avg_sqs)

@@ -53,6 +53,10 @@ class UpdateRule(ABC):
     step_as_tensor: bool = True
     #: whether the optimizer holds state for a parameter before its first step
     state_before_first_step: bool = False
+    #: whether a complex parameter, its gradient and its state are updated as pairs of
+    #: reals (``torch.view_as_real``), as torch's optimizers update them; ``False`` where
+    #: the optimizer computes in complex arithmetic and :meth:`update` does the same
+    complex_as_real: bool = True
     #: whether :meth:`native_update` can run (pyroopt's one-pass C loop computes this
     #: rule, bitwise equal to :meth:`update`)
     has_native: bool = False
@@ -66,6 +70,19 @@ class UpdateRule(ABC):
             and not group.get("differentiable")
             and not any(isinstance(v, Tensor) for v in group.values())
         )
+
+    def exact_on_flat(self, param: Tensor) -> bool:
+        """Whether :meth:`update` on a flat buffer, or on a slice of one, gives ``param``
+        the numbers torch gives it in a tensor of its own.
+
+        Not on the CPU in float16 and bfloat16: torch's CPU kernels compute
+        ``add(other, alpha=a)`` there with a fused multiply-add in their vector body and
+        with two roundings in the scalar tail that ends each thread's range (measured:
+        about 1 element in 15 of such a tail differs), so an element's value depends on
+        where it sits in its tensor and on the thread count. Such parameters get
+        torch's numbers only stepped in their own tensors at the caller's thread count.
+        """
+        return param.device.type != "cpu" or param.dtype in (torch.float32, torch.float64)
 
     @abstractmethod
     def state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pyroopt.kernels._coef import addcdiv_
+from pyroopt.kernels._coef import addcdiv_, mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.adam import clipped_adam_update
@@ -55,10 +55,10 @@ class ClippedAdamRule(UpdateRule):
             params, grads, maximize=False, weight_decay=group["weight_decay"], mode="l2", lr=lr
         )
         exp_avgs, exp_avg_sqs = state["exp_avg"], state["exp_avg_sq"]
-        torch._foreach_mul_(exp_avgs, beta1)
+        mul_(exp_avgs, beta1)
         torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
         spread = torch._foreach_sub(grads, exp_avgs) if group["centered_variance"] else grads
-        torch._foreach_mul_(exp_avg_sqs, beta2)
+        mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, spread, spread, 1 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denom, group["eps"])

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pyroopt.kernels._coef import mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.rmsprop import rmsprop_update
@@ -46,7 +47,7 @@ class RMSpropRule(UpdateRule):
             lr=lr,
         )
         square_avgs = state["square_avg"]
-        torch._foreach_mul_(square_avgs, alpha)
+        mul_(square_avgs, alpha)
         torch._foreach_addcmul_(square_avgs, grads, grads, 1 - alpha)
         if group["centered"]:
             grad_avgs = state["grad_avg"]
@@ -58,7 +59,7 @@ class RMSpropRule(UpdateRule):
         torch._foreach_add_(avg, eps)
         if group["momentum"] > 0:
             bufs = state["momentum_buffer"]
-            torch._foreach_mul_(bufs, group["momentum"])
+            mul_(bufs, group["momentum"])
             torch._foreach_addcdiv_(bufs, grads, avg)
             torch._foreach_add_(params, bufs, alpha=-lr)
         else:

@@ -17,8 +17,7 @@ with ``etas`` :math:`(\eta_-, \eta_+)` and ``step_sizes`` :math:`(\Delta_{\min},
 No torch kernel computes this in one pass. On the CPU, in float32 and float64, the
 engine runs pyroopt's C loop (:mod:`pyroopt.native.rprop`, bitwise equal to torch);
 elsewhere, or without that library, a chain of torch passes (:meth:`RpropRule.update`),
-equal to torch except that it stores NaN as the previous gradient where an infinite
-gradient flipped sign and torch stores 0 (both read as "no sign" next step).
+also equal to torch.
 """
 
 from __future__ import annotations
@@ -71,10 +70,12 @@ class RpropRule(UpdateRule):
         torch._foreach_mul_(step_sizes, factors)
         torch._foreach_clamp_min_(step_sizes, low)
         torch._foreach_clamp_max_(step_sizes, high)
-        # g' <- keep g: zero where the sign flipped, g elsewhere. (An infinite g whose
-        # sign flipped gives NaN where torch stores 0; both read as sigma = 0 next step,
-        # and sign(NaN) = 0 leaves the parameter as torch does.)
-        torch._foreach_mul_(prevs, grads)
+        # g' <- g, and +0 where the sign flipped, as torch assigns it (keep * g would
+        # give -0 for a negative g there, and NaN for an infinite one)
+        flipped = [keep == 0 for keep in prevs]
+        torch._foreach_copy_(prevs, grads)
+        for prev, mask in zip(prevs, flipped, strict=True):
+            prev.masked_fill_(mask, 0.0)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
 
     def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pyroopt.kernels._coef import mul_
 from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.sgd import sgd_update
@@ -44,14 +45,14 @@ class SGDRule(UpdateRule):
             if all(fresh):
                 torch._foreach_copy_(bufs, grads)
             elif not any(fresh):
-                torch._foreach_mul_(bufs, momentum)
+                mul_(bufs, momentum)
                 torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
             else:
                 new = [i for i, f in enumerate(fresh) if f]
                 old = [i for i, f in enumerate(fresh) if not f]
                 torch._foreach_copy_([bufs[i] for i in new], [grads[i] for i in new])
                 kept = [bufs[i] for i in old]
-                torch._foreach_mul_(kept, momentum)
+                mul_(kept, momentum)
                 torch._foreach_add_(kept, [grads[i] for i in old], alpha=1 - group["dampening"])
             grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)

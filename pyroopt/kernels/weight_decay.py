@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from pyroopt.kernels._coef import TensorList
+from pyroopt.kernels._coef import TensorList, mul_
 
 Mode = Literal["l2", "decoupled", "decoupled_absolute"]
 
@@ -48,9 +48,9 @@ def directed_grads(
     if mode == "l2":
         return torch._foreach_add(grads, params, alpha=weight_decay)
     if mode == "decoupled":
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        mul_(params, 1 - lr * weight_decay)
     elif mode == "decoupled_absolute":
-        torch._foreach_mul_(params, 1 - weight_decay)
+        mul_(params, 1 - weight_decay)
     else:
         raise ValueError(
             f"weight decay mode must be 'l2', 'decoupled' or 'decoupled_absolute', got {mode!r}"

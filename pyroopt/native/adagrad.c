@@ -14,12 +14,14 @@
 
 #include "parallel.h"
 #include "prefetch.h"
+#include "signbit.h"
 #include "vsqrt.h"
 
-#define DEFINE_ADAGRAD(SUFFIX, T, FMA, SQRT)                                          \
-    static inline __attribute__((always_inline)) void adagrad_body_##SUFFIX(          \
-        T *restrict param, const T *restrict grad, T *restrict sum, int64_t n,        \
-        T direction, T wd, T eps, T neg_lr, T initial, vsqrt_##SUFFIX root,           \
+#define DEFINE_ADAGRAD(SUFFIX, T, FMA, SQRT)                                           \
+    static inline __attribute__((always_inline)) void adagrad_body_##SUFFIX(           \
+        T *restrict param, const T *restrict grad, T *restrict sum, int64_t n,         \
+        pyroopt_mask_##SUFFIX flip, T wd, T eps, T neg_lr, T initial,                  \
+        vsqrt_##SUFFIX root,                                                           \
         const int decay, const int fresh) {                                            \
         T std[PYROOPT_SQRT_BLOCK];                                                     \
         for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
@@ -32,13 +34,13 @@
                 PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
             }                                                                          \
             for (int64_t i = 0; i < m; ++i) {                                          \
-                T g = direction * gr[i];                                               \
+                T g = pyroopt_flip_##SUFFIX(gr[i], flip);                              \
                 if (decay) g = FMA(wd, p[i], g);                                       \
                 std[i] = s[i] = FMA(g, g, fresh ? initial : s[i]);                     \
             }                                                                          \
             block_sqrt_##SUFFIX(root, std, m);                                         \
             for (int64_t i = 0; i < m; ++i) {                                          \
-                T g = direction * gr[i];                                               \
+                T g = pyroopt_flip_##SUFFIX(gr[i], flip);                              \
                 if (decay) g = FMA(wd, p[i], g);                                       \
                 p[i] = p[i] + (neg_lr * g) / (std[i] + eps);                           \
             }                                                                          \
@@ -47,22 +49,24 @@
                                                                                        \
     PYROOPT_VECTOR_CLONES                                                              \
     static void adagrad_range_##SUFFIX(T *restrict param, const T *restrict grad,      \
-                                       T *restrict sum, int64_t n, T direction, T wd,  \
-                                       T eps, T neg_lr, T initial, vsqrt_##SUFFIX root, int decay,          \
+                                       T *restrict sum, int64_t n,                     \
+                                       pyroopt_mask_##SUFFIX flip, T wd, T eps,        \
+                                       T neg_lr, T initial, vsqrt_##SUFFIX root,       \
+                                       int decay,                                      \
                                        int fresh) {                                    \
         if (decay) {                                                                   \
             if (fresh)                                                                 \
-                adagrad_body_##SUFFIX(param, grad, sum, n, direction, wd, eps, neg_lr, \
-                                      initial, root, 1, 1);                                  \
+                adagrad_body_##SUFFIX(param, grad, sum, n, flip, wd, eps, neg_lr,      \
+                                      initial, root, 1, 1);                            \
             else                                                                       \
-                adagrad_body_##SUFFIX(param, grad, sum, n, direction, wd, eps, neg_lr, \
-                                      initial, root, 1, 0);                                  \
+                adagrad_body_##SUFFIX(param, grad, sum, n, flip, wd, eps, neg_lr,      \
+                                      initial, root, 1, 0);                            \
         } else if (fresh) {                                                            \
-            adagrad_body_##SUFFIX(param, grad, sum, n, direction, wd, eps, neg_lr,     \
-                                  initial, root, 0, 1);                                      \
+            adagrad_body_##SUFFIX(param, grad, sum, n, flip, wd, eps, neg_lr,          \
+                                  initial, root, 0, 1);                                \
         } else {                                                                       \
-            adagrad_body_##SUFFIX(param, grad, sum, n, direction, wd, eps, neg_lr,     \
-                                  initial, root, 0, 0);                                      \
+            adagrad_body_##SUFFIX(param, grad, sum, n, flip, wd, eps, neg_lr,          \
+                                  initial, root, 0, 0);                                \
         }                                                                              \
     }                                                                                  \
                                                                                        \
@@ -72,7 +76,8 @@
         T *const *sums;                                                                \
         const unsigned char *fresh;                                                    \
         const double *neg_lrs;                                                         \
-        T direction, wd, eps, initial;                                                 \
+        pyroopt_mask_##SUFFIX flip;                                                    \
+        T wd, eps, initial;                                                            \
         vsqrt_##SUFFIX root;                                                           \
         int decay;                                                                     \
     } adagrad_args_##SUFFIX;                                                           \
@@ -81,24 +86,29 @@
                                        int64_t hi) {                                   \
         const adagrad_args_##SUFFIX *a = ctx;                                          \
         adagrad_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo, a->sums[k] + lo,   \
-                               hi - lo, a->direction, a->wd, a->eps,                   \
+                               hi - lo, a->flip, a->wd, a->eps,                        \
                                (T)a->neg_lrs[k], a->initial, a->root, a->decay,        \
-                               a->fresh[k]);   \
+                               a->fresh[k]);                                           \
     }                                                                                  \
                                                                                        \
     int pyroopt_adagrad_##SUFFIX(int64_t n_tensors, T *const *params,                  \
                                  const T *const *grads, T *const *sums,                \
                                  const int64_t *numels, const unsigned char *fresh,    \
                                  const double *neg_lrs, double initial, double eps,    \
-                                 double weight_decay, int maximize, void *root,       \
-                                 int n_threads,     \
+                                 double weight_decay, int maximize, void *root,        \
+                                 int n_threads,                                        \
                                  int64_t min_per_thread) {                             \
-        adagrad_args_##SUFFIX a = {params,          grads,                             \
-                                   sums,            fresh,                             \
-                                   neg_lrs,         maximize ? (T)-1 : (T)1,           \
-                                   (T)weight_decay, (T)eps,                            \
-                                   (T)initial,      (vsqrt_##SUFFIX)root,                 \
-                                   weight_decay != 0};                \
+        adagrad_args_##SUFFIX a = {params,                                             \
+                                   grads,                                              \
+                                   sums,                                               \
+                                   fresh,                                              \
+                                   neg_lrs,                                            \
+                                   maximize ? PYROOPT_SIGN_BIT_##SUFFIX : 0,           \
+                                   (T)weight_decay,                                    \
+                                   (T)eps,                                             \
+                                   (T)initial,                                         \
+                                   (vsqrt_##SUFFIX)root,                               \
+                                   weight_decay != 0};                                 \
         return pyroopt_parallel(n_tensors, numels, n_threads, min_per_thread,          \
                                 adagrad_piece_##SUFFIX, &a);                           \
     }

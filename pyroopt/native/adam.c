@@ -25,14 +25,15 @@
  * for operation, every scalar cast to the tensor's precision as torch's CPU kernels
  * cast it. torch fuses the multiply-adds of `add(alpha=)`, `addcmul` (value * t1
  * rounded first) and `lerp` (fma(w, end - self, self) for |w| < 0.5, else
- * fma(-(end - self), 1 - w, end)); `addcdiv` is self + (value * t1) / t2, and a tensor
- * divided by a scalar is a true division.
+ * fma(w - 1, end - self, end)); `addcdiv` is self + (value * t1) / t2, and a tensor
+ * divided by a scalar is a true division. Signs are flipped as signbit.h says.
  */
 #include <math.h>
 #include <stdint.h>
 
 #include "parallel.h"
 #include "prefetch.h"
+#include "signbit.h"
 #include "vsqrt.h"
 
 /* torch.clamp(g, lo, hi): the lower bound, then the upper one (so hi wins where
@@ -48,13 +49,13 @@
 #define PYROOPT_MAXIMUM(a, b) ((a) != (a) ? (a) : ((b) != (b) ? (b) : ((a) > (b) ? (a) : (b))))
 
 #define DEFINE_ADAM(SUFFIX, T, FMA, ABS)                                               \
-    static inline __attribute__((always_inline)) void adam_body_##SUFFIX(             \
-        T *restrict param, const T *restrict grad, T *restrict ea, T *restrict eas,   \
-        T *restrict mx, int64_t n, T direction, T wd, T shrink, T w1, T beta2, T w2,  \
-        T eps, T step, T bc2_sqrt, vsqrt_##SUFFIX root, const int decay,              \
-        const int amsgrad) {                                                           \
+    static inline __attribute__((always_inline)) void adam_body_##SUFFIX(              \
+        T *restrict param, const T *restrict grad, T *restrict ea, T *restrict eas,    \
+        T *restrict mx, int64_t n, pyroopt_mask_##SUFFIX flip, T wd, T shrink, T w1,   \
+        T beta2, T w2, T eps, T step, T bc2_sqrt, vsqrt_##SUFFIX root,                 \
+        const int decay, const int amsgrad) {                                          \
         const int small = ABS(w1) < (T)0.5;                                            \
-        const T one_minus_w1 = (T)1 - w1;                                              \
+        const T w1_minus_one = w1 - (T)1;                                              \
         T d[PYROOPT_SQRT_BLOCK];                                                       \
         for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
             int64_t len = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;   \
@@ -68,11 +69,11 @@
                 PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
             }                                                                          \
             for (int64_t i = 0; i < len; ++i) {                                        \
-                T g = direction * gr[i];                                               \
+                T g = pyroopt_flip_##SUFFIX(gr[i], flip);                              \
                 if (decay == 1) g = FMA(wd, p[i], g);                                  \
                 T mi = m[i];                                                           \
                 T diff = g - mi;                                                       \
-                m[i] = small ? FMA(w1, diff, mi) : FMA(-diff, one_minus_w1, g);        \
+                m[i] = small ? FMA(w1, diff, mi) : FMA(w1_minus_one, diff, g);         \
                 T vi = FMA(w2 * g, g, v[i] * beta2);                                   \
                 v[i] = vi;                                                             \
                 if (amsgrad) {                                                         \
@@ -97,21 +98,22 @@
     PYROOPT_VECTOR_CLONES                                                              \
     static void adam_range_##SUFFIX(T *restrict param, const T *restrict grad,         \
                                     T *restrict ea, T *restrict eas, T *restrict mx,   \
-                                    int64_t n, T direction, T wd, T shrink, T w1,      \
+                                    int64_t n, pyroopt_mask_##SUFFIX flip, T wd,       \
+                                    T shrink, T w1,                                    \
                                     T beta2, T w2, T eps, T step, T bc2_sqrt,          \
                                     vsqrt_##SUFFIX root, int decay, int amsgrad) {     \
         switch (decay * 2 + (amsgrad ? 1 : 0)) {                                       \
-        case 0: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd, shrink, \
+        case 0: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd, shrink,      \
                     w1, beta2, w2, eps, step, bc2_sqrt, root, 0, 0); break;            \
-        case 1: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd, shrink, \
+        case 1: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd, shrink,      \
                     w1, beta2, w2, eps, step, bc2_sqrt, root, 0, 1); break;            \
-        case 2: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd, shrink, \
+        case 2: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd, shrink,      \
                     w1, beta2, w2, eps, step, bc2_sqrt, root, 1, 0); break;            \
-        case 3: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd, shrink, \
+        case 3: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd, shrink,      \
                     w1, beta2, w2, eps, step, bc2_sqrt, root, 1, 1); break;            \
-        case 4: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd, shrink, \
+        case 4: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd, shrink,      \
                     w1, beta2, w2, eps, step, bc2_sqrt, root, 2, 0); break;            \
-        default: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, direction, wd,        \
+        default: adam_body_##SUFFIX(param, grad, ea, eas, mx, n, flip, wd,             \
                     shrink, w1, beta2, w2, eps, step, bc2_sqrt, root, 2, 1); break;    \
         }                                                                              \
     }                                                                                  \
@@ -123,7 +125,8 @@
         T *const *eass;                                                                \
         T *const *mxs;                                                                 \
         const double *steps, *bc2_sqrts;                                               \
-        T direction, wd, shrink, w1, beta2, w2, eps;                                   \
+        pyroopt_mask_##SUFFIX flip;                                                    \
+        T wd, shrink, w1, beta2, w2, eps;                                              \
         vsqrt_##SUFFIX root;                                                           \
         int decay, amsgrad;                                                            \
     } adam_args_##SUFFIX;                                                              \
@@ -133,7 +136,7 @@
         const adam_args_##SUFFIX *a = ctx;                                             \
         adam_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo, a->eas[k] + lo,       \
                             a->eass[k] + lo, a->amsgrad ? a->mxs[k] + lo : 0, hi - lo, \
-                            a->direction, a->wd, a->shrink, a->w1, a->beta2, a->w2,    \
+                            a->flip, a->wd, a->shrink, a->w1, a->beta2, a->w2,         \
                             a->eps, (T)a->steps[k], (T)a->bc2_sqrts[k], a->root,       \
                             a->decay, a->amsgrad);                                     \
     }                                                                                  \
@@ -154,7 +157,7 @@
                                 mxs,                                                   \
                                 steps,                                                 \
                                 bc2_sqrts,                                             \
-                                maximize ? (T)-1 : (T)1,                               \
+                                maximize ? PYROOPT_SIGN_BIT_##SUFFIX : 0,              \
                                 (T)weight_decay,                                       \
                                 (T)shrink,                                             \
                                 (T)one_minus_beta1,                                    \
@@ -169,10 +172,10 @@
     }
 
 #define DEFINE_CLIPPED_ADAM(SUFFIX, T, FMA)                                            \
-    static inline __attribute__((always_inline)) void clipped_adam_body_##SUFFIX(     \
-        T *restrict param, T *restrict grad, T *restrict ea, T *restrict eas,         \
-        int64_t n, T lo_clip, T hi_clip, T wd, T beta1, T w1, T beta2, T w2, T eps,   \
-        T step, vsqrt_##SUFFIX root, const int decay, const int centered) {           \
+    static inline __attribute__((always_inline)) void clipped_adam_body_##SUFFIX(      \
+        T *restrict param, T *restrict grad, T *restrict ea, T *restrict eas,          \
+        int64_t n, T lo_clip, T hi_clip, T wd, T beta1, T w1, T beta2, T w2, T eps,    \
+        T step, vsqrt_##SUFFIX root, const int decay, const int centered) {            \
         T d[PYROOPT_SQRT_BLOCK];                                                       \
         for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
             int64_t len = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;   \
@@ -195,7 +198,7 @@
                 v[i] = vi;                                                             \
                 d[i] = vi;                                                             \
             }                                                                          \
-            /* the clamped gradients are written back (as pyro's clamp_ does) only   \
+            /* the clamped gradients are written back (as pyro's clamp_ does) only     \
              * where one changed: a block left as it was is never written to memory */ \
             if (clamped)                                                               \
                 for (int64_t i = 0; i < len; ++i)                                      \

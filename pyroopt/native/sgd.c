@@ -17,14 +17,16 @@
 #include <stdint.h>
 
 #include "parallel.h"
+#include "signbit.h"
 
 #define DEFINE_SGD(SUFFIX, T, FMA)                                                     \
-    static inline __attribute__((always_inline)) void sgd_body_##SUFFIX(              \
-        T *restrict param, const T *restrict grad, T *restrict buf, int64_t n,        \
-        T direction, T weight_decay, T momentum, T keep, T neg_lr, const int decay,   \
-        const int with_momentum, const int fresh, const int nesterov) {               \
+    static inline __attribute__((always_inline)) void sgd_body_##SUFFIX(               \
+        T *restrict param, const T *restrict grad, T *restrict buf, int64_t n,         \
+        pyroopt_mask_##SUFFIX flip, T weight_decay, T momentum, T keep, T neg_lr,      \
+        const int decay,                                                               \
+        const int with_momentum, const int fresh, const int nesterov) {                \
         for (int64_t i = 0; i < n; ++i) {                                              \
-            T g = direction * grad[i];                                                 \
+            T g = pyroopt_flip_##SUFFIX(grad[i], flip);                                \
             if (decay) g = FMA(weight_decay, param[i], g);                             \
             if (with_momentum) {                                                       \
                 T b = fresh ? g : FMA(keep, g, buf[i] * momentum);                     \
@@ -37,35 +39,36 @@
                                                                                        \
     PYROOPT_VECTOR_CLONES                                                              \
     static void sgd_range_##SUFFIX(T *restrict param, const T *restrict grad,          \
-                                   T *restrict buf, int64_t n, T direction, T wd,      \
+                                   T *restrict buf, int64_t n,                         \
+                                   pyroopt_mask_##SUFFIX flip, T wd,                   \
                                    T momentum, T keep, T neg_lr, int decay,            \
                                    int with_momentum, int fresh, int nesterov) {       \
         if (!with_momentum) {                                                          \
             if (decay)                                                                 \
-                sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum, keep,  \
+                sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum, keep,       \
                                   neg_lr, 1, 0, 0, 0);                                 \
             else                                                                       \
-                sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum, keep,  \
+                sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum, keep,       \
                                   neg_lr, 0, 0, 0, 0);                                 \
             return;                                                                    \
         }                                                                              \
         int which = (decay ? 4 : 0) | (fresh ? 2 : 0) | (nesterov ? 1 : 0);            \
         switch (which) {                                                               \
-            case 0: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 0: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 0, 1, 0, 0); break;                \
-            case 1: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 1: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 0, 1, 0, 1); break;                \
-            case 2: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 2: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 0, 1, 1, 0); break;                \
-            case 3: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 3: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 0, 1, 1, 1); break;                \
-            case 4: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 4: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 1, 1, 0, 0); break;                \
-            case 5: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 5: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 1, 1, 0, 1); break;                \
-            case 6: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,    \
+            case 6: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,         \
                                       keep, neg_lr, 1, 1, 1, 0); break;                \
-            default: sgd_body_##SUFFIX(param, grad, buf, n, direction, wd, momentum,   \
+            default: sgd_body_##SUFFIX(param, grad, buf, n, flip, wd, momentum,        \
                                        keep, neg_lr, 1, 1, 1, 1); break;               \
         }                                                                              \
     }                                                                                  \
@@ -75,7 +78,8 @@
         const T *const *grads;                                                         \
         T *const *bufs;                                                                \
         const unsigned char *fresh;                                                    \
-        T direction, weight_decay, momentum, keep, neg_lr;                             \
+        pyroopt_mask_##SUFFIX flip;                                                    \
+        T weight_decay, momentum, keep, neg_lr;                                        \
         int decay, with_momentum, nesterov;                                            \
     } sgd_args_##SUFFIX;                                                               \
                                                                                        \
@@ -84,7 +88,7 @@
         const sgd_args_##SUFFIX *a = ctx;                                              \
         sgd_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo,                        \
                            a->with_momentum ? a->bufs[k] + lo : 0, hi - lo,            \
-                           a->direction, a->weight_decay, a->momentum, a->keep,        \
+                           a->flip, a->weight_decay, a->momentum, a->keep,             \
                            a->neg_lr, a->decay, a->with_momentum, a->fresh[k],         \
                            a->nesterov);                                               \
     }                                                                                  \
@@ -99,7 +103,7 @@
                                grads,                                                  \
                                bufs,                                                   \
                                fresh,                                                  \
-                               maximize ? (T)-1 : (T)1,                                \
+                               maximize ? PYROOPT_SIGN_BIT_##SUFFIX : 0,               \
                                (T)weight_decay,                                        \
                                (T)momentum,                                            \
                                (T)keep,                                                \
