@@ -30,7 +30,7 @@ import inspect
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
-from itertools import repeat
+from itertools import compress, count, repeat
 from typing import Any
 
 import torch
@@ -38,53 +38,32 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from pyroopt._compat import get_scalar_dtype
-from pyroopt.flat import FlatLayout, Target
+from pyroopt.flat import FlatLayout, Target, torch_alignment
+from pyroopt.interrupts import DeferInterrupts
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.kernels.base import Batch
+from pyroopt.native import _entry
 from pyroopt.registry import group_rule, is_group_safe, rule_for
 from pyroopt.seating import FlatValues
+from pyroopt.serial import SerialIfSmall
 
 Group = dict[str, Any]
 _IS_SPARSE = operator.attrgetter("is_sparse")
+_DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
 
 #: Up to this many elements per parameter on average, a bucket gathers its gradients
-#: into one flat buffer (one ``_foreach_copy_``) and runs the update there; larger
+#: into one flat buffer (a few ``torch.cat``) and runs the update there; larger
 #: parameters are updated in place, where the copies would cost more than the
 #: per-tensor overhead they save.
 FLAT_MAX_AVG_NUMEL = 1 << 16
 
-#: A bucket of at most this many elements steps on one intra-op thread: torch's square
-#: root (MKL's) opens a parallel region even for a few thousand elements, and on a busy
-#: machine waiting for its second thread cost 8-12 ms per Adam step at 1000 x 10
-#: instead of about 0.6 ms. The update is elementwise, so the numbers do not change.
-SERIAL_MAX_NUMEL = 1 << 16
-
-
-class _OneThreadIfSmall:
-    """Within it, torch runs on one intra-op thread if ``numel`` is at most
-    :data:`SERIAL_MAX_NUMEL` (and more are set); the count is restored on exit.
-
-    (A class rather than a generator-based context manager: it is entered on every
-    step, twice in a steady one.)
-    """
-
-    __slots__ = ("numel", "threads")
-
-    def __init__(self, numel: int) -> None:
-        self.numel = numel
-        self.threads = 0
-
-    def __enter__(self) -> None:
-        threads = torch.get_num_threads()
-        if threads > 1 and self.numel <= SERIAL_MAX_NUMEL:
-            self.threads = threads
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
+#: ... and up to this many elements in all: the flat gradient buffer is a second copy
+#: of the bucket's gradients, so it is bounded (16 MB in float32, twice that where
+#: slices are aligned apart); a larger bucket is updated in place, on the parameters'
+#: own gradients, where a per-tensor cost is small beside the work.
+FLAT_MAX_NUMEL = 1 << 22
 
 #: Without a native loop an update is a chain of elementwise passes; running the chain
 #: over pieces of about this many elements keeps each piece in cache between passes
@@ -150,6 +129,8 @@ class Bucket(ABC):
         self.index: dict[int, int] = {}
         #: the sort key of each of ``params``, ascending (see :meth:`add`)
         self.sort_keys: list[Any] = []
+        #: the shape each of ``params`` had when it joined: its state's shape
+        self.shapes: list[torch.Size] = []
         #: whether the hyperparameters are still as made (new parameters may join)
         self.fresh = True
         #: the dtype and device every member has (set by the first)
@@ -174,6 +155,7 @@ class Bucket(ABC):
         else:
             position = bisect.bisect(self.sort_keys, sort_key)
         self.sort_keys.insert(position, sort_key if sort_key is not None else (2, position))
+        self.shapes.insert(position, param.shape)
         self.params.insert(position, param)
         if position == len(self.params) - 1:
             self.index[id(param)] = position
@@ -185,7 +167,51 @@ class Bucket(ABC):
         position = self.index.pop(id(param))
         self.params.pop(position)
         self.sort_keys.pop(position)
+        self.shapes.pop(position)
         self.index = {id(p): i for i, p in enumerate(self.params)}
+
+    def shape_of(self, param: Tensor) -> torch.Size:
+        """The shape ``param`` had when it joined (its state's shape)."""
+        return self.shapes[self.index[id(param)]]
+
+    def rekey(self) -> None:
+        """Index the members anew after they were copied (``copy.deepcopy``, pickle):
+        the index is by ``id``, which a copy does not keep."""
+        self.index = {id(p): i for i, p in enumerate(self.params)}
+
+    def label(self, param: Tensor) -> str:
+        """How errors name ``param``: its Pyro name, from the sort key the optimizer gave."""
+        key = self.sort_keys[self.index[id(param)]]
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == 0:
+            return repr(key[1])
+        return f"an unnamed parameter of shape {tuple(param.shape)}"
+
+    def check(self, params: list[Tensor]) -> None:
+        """Raise before anything changes unless ``params`` (members, in bucket order)
+        can be stepped; the optimizer checks every bucket of a call before it clips or
+        steps any."""
+        live = [p for p in params if p.grad is not None]
+        self.check_inputs(live, [p.grad for p in live])  # type: ignore[misc]
+
+    def check_inputs(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Raise before anything changes unless every parameter still has the shape its
+        state was made for and every gradient matches its parameter in shape, dtype,
+        device and layout (pyro.optim's torch optimizers refuse such a step too)."""
+        shapes, index = self.shapes, self.index
+        for p, g in zip(params, grads, strict=True):
+            made_for = shapes[index[id(p)]]
+            if p.shape != made_for:
+                raise RuntimeError(
+                    f"parameter {self.label(p)} has shape {tuple(p.shape)}, but its optimizer "
+                    f"state was made for shape {tuple(made_for)}; give the new tensor a new "
+                    "name, or set its state anew (set_state), before stepping it"
+                )
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise ValueError(
+                    f"the gradient of parameter {self.label(p)} is a {tuple(g.shape)} "
+                    f"{g.dtype} tensor on {g.device}; the parameter is a {tuple(p.shape)} "
+                    f"{p.dtype} tensor on {p.device}, and a gradient must match it"
+                )
 
     def order(self, params: list[Tensor]) -> list[Tensor]:
         """``params`` (all members) in bucket order, so results never depend on set order."""
@@ -244,13 +270,16 @@ class RuleBucket(Bucket):
         self.rule = rule
         self.keys = rule.state_keys(group)
         self.steps: list[int] = []
-        # Per-parameter state kept beside the flat buffers until the next layout.
-        self._loose: dict[Tensor, dict[str, Tensor]] = {}
-        self._layout_params: list[Tensor] = []
+        # Every member's state while the flat buffers are out of date (members joined
+        # or left), until the next layout; ``None``: a new member's initial state.
+        self._loose: dict[Tensor, dict[str, Tensor] | None] = {}
         self._flat: dict[str, Tensor] = {}
-        self._views: dict[str, list[Tensor]] = {}
+        self._views: dict[str, tuple[Tensor, ...]] = {}
         self._target: GroupOptimizer | None = None
+        self._scratch: tuple[Tensor, Target] | None = None  # the flat gradient buffer
         self._values: FlatValues | None = None  # while the bucket steps flat
+        #: what :meth:`check` found for the coming step: "steady", "checked" or None
+        self._checked: str | None = None
         # the flat values known intact at the end of the last step (None: not known)
         self._verified: FlatValues | None = None
 
@@ -259,52 +288,84 @@ class RuleBucket(Bucket):
             self._target = GroupOptimizer(self.group)
         return self._target
 
+    def rekey(self) -> None:
+        """Also lay out every view of the flat buffers anew: pickle gives each tensor a
+        storage of its own, so a copied view no longer shares its buffer."""
+        super().rekey()
+        if self._flat:
+            self._views = {k: tuple(self.flat.views(buffer)) for k, buffer in self._flat.items()}
+        self._scratch = None
+        if self._values is not None:
+            self._values = self._verified = None
+            self._reseat()
+
     # -- layout -----------------------------------------------------------------
     def add(self, param: Tensor, sort_key: Any = None) -> int:
         if len(self._loose) < len(self.params):  # state in flat buffers: index by tensor
-            self._loose = {p: self._state_views(p) for p in self.params}
-            self._layout_params = []
+            self._loose = {p: self.live_state(p) for p in self.params}
         position = super().add(param, sort_key)
         self.steps.insert(position, 0)
-        self._loose[param] = self.rule.initial_state(param, self.group)
+        self._loose[param] = None  # the rule's initial state, made where it will live
         return position
 
     def remove(self, param: Tensor) -> None:
         if len(self._loose) < len(self.params):  # state in flat buffers: index by tensor
-            self._loose = {p: self._state_views(p) for p in self.params}
+            self._loose = {p: self.live_state(p) for p in self.params}
         del self._loose[param]
         self.steps.pop(self.index[id(param)])
         super().remove(param)
-        self._layout_params = []
 
-    def _state_views(self, param: Tensor) -> dict[str, Tensor]:
-        loose = self._loose.get(param)
-        if loose is not None:
+    def live_state(self, param: Tensor) -> dict[str, Tensor]:
+        """``param``'s state tensors themselves (views of the flat buffers once laid
+        out): an edit of one is an edit of the state."""
+        if param in self._loose:
+            loose = self._loose[param]
+            if loose is None:  # asked for before the next layout: make it now
+                loose = self._loose[param] = self.rule.initial_state(param, self.group)
             return loose
         i = self.index[id(param)]
         return {k: self._views[k][i] for k in self.keys}
 
     def _ensure_layout(self) -> None:
-        """(Re)build the flat buffers after parameters joined or left."""
-        if (self._layout_params is self.params and not self._loose) or not self.params:
+        """(Re)build the flat buffers after parameters joined or left.
+
+        One state at a time: each old buffer (or loose tensor) is let go once its values
+        are in the new one, and a new member's initial state is made one parameter at a
+        time, so the peak is the state plus one buffer, not twice the state.
+        """
+        if not self._loose or not self.params:
             return
         first = self.params[0]
-        self.flat = layout = FlatLayout([p.shape for p in self.params])
+        # every slice at the alignment torch gives a tensor of its own (pyroopt.flat)
+        align = torch_alignment(first.dtype)
+        self.flat = layout = FlatLayout([p.shape for p in self.params], align=align)
         self.numel = layout.numel
-
-        def zeros() -> Tensor:
-            return torch.zeros(self.numel, dtype=first.dtype, device=first.device)
-
-        old = {p: self._state_views(p) for p in self.params}
+        loose, self._loose = self._loose, {}
         for k in self.keys:
-            self._flat[k] = zeros()
-            self._views[k] = layout.views(self._flat[k])
-            torch._foreach_copy_(self._views[k], [old[p][k] for p in self.params])
-        self._scratch: tuple[Tensor, Target] | None = None
-        self._loose = {}
-        self._layout_params = self.params
+            buffer = torch.zeros(layout.numel, dtype=first.dtype, device=first.device)
+            views = layout.views(buffer)
+            targets, sources = [], []
+            with torch.no_grad():
+                for p, view in zip(self.params, views, strict=True):
+                    state = loose[p]
+                    if state is None:  # a new member: its initial state, made here
+                        view.copy_(self.rule.initial_state(p, self.group)[k])
+                    else:  # taken out, so the old buffer goes once copied
+                        targets.append(view)
+                        sources.append(state.pop(k))
+                if targets:
+                    torch._foreach_copy_(targets, sources)
+            del targets, sources
+            self._flat[k], self._views[k] = buffer, tuple(views)
+        self._scratch = None
+        self._reseat()
+
+    def _reseat(self) -> None:
+        """Lay the flat values out anew: after a layout, or after a member was given new
+        storage (its values are taken from where it now lives)."""
+        _entry.forget_prepared()  # the native loops' arrays for the old buffers
         if self._flat_capable():
-            self._values = FlatValues(self.params, layout, self._values)
+            self._values = FlatValues(self.params, self.flat, self._values)
         elif self._values is not None:
             self._values.release(())
             self._values = None
@@ -312,7 +373,7 @@ class RuleBucket(Bucket):
     def _flat_capable(self) -> bool:
         """Whether a call passing every parameter runs on flat buffers: small parameters,
         where per-tensor costs dominate."""
-        return self.numel <= FLAT_MAX_AVG_NUMEL * len(self.params)
+        return self.numel <= min(FLAT_MAX_AVG_NUMEL * len(self.params), FLAT_MAX_NUMEL)
 
     def _flat_scratch(self) -> tuple[Tensor, Target]:
         """The flat gradient buffer, made on first use."""
@@ -323,70 +384,98 @@ class RuleBucket(Bucket):
         return self._scratch
 
     # -- stepping ---------------------------------------------------------------
+    def check(self, params: list[Tensor]) -> None:
+        """Raise before anything changes unless ``params``' gradients can be stepped.
+
+        A steady call (every member, the flat values verified at the end of the last
+        step, no storage changed since) checks in three C-level passes that each
+        gradient is present, dense and of its parameter's recorded shape and dtype; any
+        other call checks every parameter and gradient (:meth:`Bucket.check_inputs`).
+        """
+        self._checked = None
+        grads = [p.grad for p in params]
+        if self._steady(params):
+            try:
+                if (
+                    list(map(_SHAPE, grads)) == self.shapes
+                    and set(map(_DTYPE, grads)) == {self.dtype}
+                    and not any(map(_IS_SPARSE, grads))
+                ):
+                    self._checked = "steady"
+                    return
+            except AttributeError:  # a missing gradient
+                pass
+        live = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        if any(g.is_sparse for _, g in live):
+            self._refuse_sparse([p for p, _ in live], [g for _, g in live])
+        self.check_inputs([p for p, _ in live], [g for _, g in live])
+        self._checked = "checked"
+
+    def _steady(self, params: list[Tensor]) -> bool:
+        values = self._values
+        return (
+            self.storage_unchanged
+            and values is not None
+            and values is self._verified
+            and not self._loose
+            and len(params) == len(self.params)
+        )
+
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
-        unchanged, self.storage_unchanged = self.storage_unchanged, False
-        if not unchanged:
-            self._verified = None
+        """Step ``params``, checked by :meth:`check` (again here after a closure, which
+        makes new gradients). The writes (layout, values, state, step counts, the
+        group's ``lr`` under ``lrd``) are one unit: an exception before the update
+        leaves all of them as they were, and a Ctrl-C during it is held back until they
+        are all written (:class:`~pyroopt.interrupts.DeferInterrupts`)."""
         closure = _closure_only(self.constructor, args, kwargs)
         if closure is not None:
             # Once per bucket: torch optimizers evaluate the closure before updating.
             with torch.enable_grad():
                 closure()
+            self._checked = None  # new gradients
+        if self._checked is None:
+            self.check(params)
+        steady = self._checked == "steady" and self._steady(params)
+        self._checked, self.storage_unchanged = None, False
+        if not steady:
+            self._verified = None
         grads = [p.grad for p in params]
-        gathered = unchanged and self._gather_steady(params, grads)
-        if gathered:
-            live = params
-        else:
-            if any(map(operator.is_, grads, repeat(None))):  # C-level loops: this is hot
-                live = [p for p in params if p.grad is not None]
-                grads = [p.grad for p in live]
-            else:
-                live = params
-            if any(map(_IS_SPARSE, grads)):
-                self._refuse_sparse(live, grads)  # type: ignore[arg-type]
-        self.rule.advance_group(self.group)  # even for parameters without a gradient
-        if self._target is not None:
-            self._target.step()  # tells a schedule the optimizer has stepped
-        if not live:
-            return
-        self._ensure_layout()
-        flat = len(live) == len(self.params) and self._values is not None
-        with _OneThreadIfSmall(self.numel), torch.no_grad():
-            if flat:
-                self._step_flat(grads, gathered)  # type: ignore[arg-type]
-            else:
-                self._step_list(live, grads)  # type: ignore[arg-type]
+        gathered = steady and self._gather_steady(grads)  # type: ignore[arg-type]
+        live = params
+        # a steady call has every gradient (checked); C-level loops: this is hot
+        if not steady and any(map(operator.is_, grads, repeat(None))):
+            live = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in live]
+        steps, group = self.steps, dict(self.group)
+        try:
+            with DeferInterrupts():
+                self.rule.advance_group(self.group)  # even for parameters without a gradient
+                if live:
+                    self._ensure_layout()
+                    flat = len(live) == len(self.params) and self._values is not None
+                    with SerialIfSmall(self.numel), torch.no_grad():
+                        if flat:
+                            self._step_flat(grads, gathered)  # type: ignore[arg-type]
+                        else:
+                            self._step_list(live, grads)  # type: ignore[arg-type]
+                if self._target is not None:
+                    self._target.step()  # tells a schedule the optimizer has stepped
+        except BaseException:
+            self.steps = steps
+            self.group.update(group)
+            self._verified = None
+            raise
 
-    def _gather_steady(self, params: list[Tensor], grads: list[Tensor | None]) -> bool:
-        """Copy the gradients of a steady flat step into the flat gradient buffer first;
-        whether that ran. The step is steady when it passes every parameter and the
-        flat buffers are the ones verified at the end of the last step (the optimizer
-        vouched that no storage changed since).
-
-        Then the two checks of every gradient (missing, sparse) are not needed:
-        ``torch.cat`` refuses a ``None`` (``TypeError``) and a sparse tensor
-        (``NotImplementedError``; ``tests/test_flat.py`` holds torch to that), and
-        the 0-dim gradients it does not copy are checked here. A refusal changes
-        nothing but the scratch buffer, and the step then takes the checked way.
-        """
-        values = self._values
-        if not (
-            values is not None
-            and values is self._verified
-            and self._layout_params is self.params
-            and not self._loose
-            and len(params) == len(self.params)
-        ):
-            return False
-        for i in self.flat.scalars:
-            grad = grads[i]
-            if grad is None or grad.is_sparse:
-                return False
+    def _gather_steady(self, grads: list[Tensor]) -> bool:
+        """Copy the gradients of a steady flat step (checked by :meth:`check`) into the
+        flat gradient buffer with a few ``torch.cat``; whether that ran. ``cat`` refuses
+        what the check does not see (another device), and a refusal changes nothing but
+        the scratch buffer: the step then gathers the checked way."""
         _, target = self._flat_scratch()
         try:
             # no_grad: gradients of create_graph=True require grad
-            with _OneThreadIfSmall(self.numel), torch.no_grad():
-                self.flat.gather(grads, target)  # type: ignore[arg-type]
+            with SerialIfSmall(self.numel), torch.no_grad():
+                self.flat.gather(grads, target)
         except (TypeError, NotImplementedError, RuntimeError):
             return False
         return True
@@ -404,46 +493,64 @@ class RuleBucket(Bucket):
     def _step_flat(self, grads: list[Tensor], gathered: bool) -> None:
         """One update of the flat buffers; ``gathered``: the gradients are in the flat
         gradient buffer already (:meth:`_gather_steady`)."""
-        values = self._values
-        assert values is not None
         # Known intact at the end of the last step, and no storage changed since: the
         # check (a data pointer per parameter) is not needed.
-        if values is not self._verified and not values.intact():
-            # a parameter was given new storage: take its values
-            self._layout_params = []
-            self._ensure_layout()
-            values = self._values
-            assert values is not None
+        if self._values is not self._verified and not self._values.intact():  # type: ignore[union-attr]
+            self._reseat()  # a parameter was given new storage: take its values
+        values = self._values
+        assert values is not None
         grad, grad_target = self._flat_scratch()
         if not gathered:
             self.flat.gather(grads, grad_target)
         # All parameters at the same step (the usual case): one count stands for all,
-        # and the update runs on the whole flat buffer. Otherwise it runs on each
-        # parameter's slice, with its own count.
+        # and the update runs on the whole flat buffer. Otherwise it runs on each run of
+        # neighbours that share a count (parameters that joined together), or, where
+        # runs are short, on each parameter's slice with its own count.
         first, n = self.steps[0], len(self.steps)
         uniform = self.steps.count(first) == n  # C-level loops: this is hot
-        self.steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]
+        steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]
         buffer = values.loaded()
         if uniform:
             batch = Batch([buffer], [grad], {k: [self._flat[k]] for k in self.keys}, [first + 1])
         else:
-            batch = Batch(self.flat.views(buffer), grad_target.views, self._views, self.steps)
+            runs = _equal_runs(steps)
+            if len(runs) * 4 <= n:
+                cuts = [self._span(a, b) for a, b in runs]
+                batch = Batch(
+                    [buffer[c] for c in cuts],
+                    [grad[c] for c in cuts],
+                    {k: [self._flat[k][c] for c in cuts] for k in self.keys},
+                    [steps[a] for a, _ in runs],
+                )
+            else:
+                batch = Batch(values.views, grad_target.views, self._views, steps)
         if not self._native(batch):
             self.rule.update(batch, self.group, per_param)
         values.stored()
+        self.steps = steps
         self._verified = values
+
+    def _span(self, first: int, stop: int) -> slice:
+        """The slice of the flat buffers that members ``first`` to ``stop - 1`` cover
+        (the gaps between them included: they hold zeros that nothing reads)."""
+        flat = self.flat
+        return slice(flat.offsets[first], flat.offsets[stop - 1] + flat.numels[stop - 1])
 
     def _step_list(self, live: list[Tensor], grads: list[Tensor]) -> None:
         rows = [self.index[id(p)] for p in live]
+        steps = list(self.steps)
         for i in rows:
-            self.steps[i] += 1
-        steps = [self.steps[i] for i in rows]
-        state = {k: [self._views[k][i] for i in rows] for k in self.keys}
-        batch = Batch(live, grads, state, steps)
-        if self._native(batch):
-            return
-        for piece in _pieces(batch, CHAIN_PIECE_NUMEL):
-            self.rule.update(piece, self.group, per_param)
+            steps[i] += 1
+        batch = Batch(
+            live,
+            grads,
+            {k: [self._views[k][i] for i in rows] for k in self.keys},
+            [steps[i] for i in rows],
+        )
+        if not self._native(batch):
+            for piece in _pieces(batch, CHAIN_PIECE_NUMEL):
+                self.rule.update(piece, self.group, per_param)
+        self.steps = steps
 
     def _native(self, batch: Batch) -> bool:
         """Run the rule's native loop; ``False`` (nothing changed) if it cannot run."""
@@ -460,7 +567,7 @@ class RuleBucket(Bucket):
                     if self.rule.step_as_tensor
                     else step
                 )
-            state.update(_snapshot(self._state_views(param)))
+            state.update(_snapshot(self.live_state(param)))
         return one_param_state(state, self.group)
 
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
@@ -469,7 +576,7 @@ class RuleBucket(Bucket):
         if not saved:  # never stepped: state and count as for a new parameter
             initial = self.rule.initial_state(param, self.group)
             with torch.no_grad():
-                for key, view in self._state_views(param).items():
+                for key, view in self.live_state(param).items():
                     view.copy_(initial[key])
             self.steps[i] = 0
             return
@@ -482,7 +589,7 @@ class RuleBucket(Bucket):
         check_shapes(param, {k: saved[k] for k in self.keys})
         # torch's SGD keeps no step count: holding a momentum buffer means "stepped".
         step = int(float(saved["step"])) if self.rule.saves_step else 1
-        views = self._state_views(param)
+        views = self.live_state(param)
         with torch.no_grad():
             for k in self.keys:
                 views[k].copy_(saved[k])
@@ -529,6 +636,17 @@ def _pieces(whole: Batch, size: int) -> list[Batch]:
         filled += item[0].numel()
     pieces.append(_transpose(batch))
     return pieces
+
+
+def _equal_runs(values: list[int]) -> list[tuple[int, int]]:
+    """``(first, stop)`` of each run of equal neighbours in ``values``.
+
+    >>> _equal_runs([3, 3, 1, 1, 1, 2])
+    [(0, 2), (2, 5), (5, 6)]
+    """
+    # where a value differs from the one before it, found in C (a step's hot path)
+    starts = [0, *compress(count(1), map(operator.ne, values[1:], values))]
+    return list(zip(starts, [*starts[1:], len(values)], strict=True))
 
 
 def _transpose(items: list[_Item]) -> Batch:
@@ -664,8 +782,18 @@ class PerParamBucket(Bucket):
         super().remove(param)
         del self.optimizers[id(param)]
 
+    def rekey(self) -> None:
+        super().rekey()
+        self.optimizers = {
+            id(optimizer.param_groups[0]["params"][0]): optimizer
+            for optimizer in self.optimizers.values()
+        }
+
     def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Any: an optimizer pyroopt does not know may take arguments of its own."""
+
+    def check(self, params: list[Tensor]) -> None:
+        """Nothing: an optimizer pyroopt does not know checks its own inputs."""
 
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
         for p in params:
@@ -759,7 +887,15 @@ def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tens
     """The fastest bucket that computes what ``constructor(**group)`` computes."""
     rule = rule_for(constructor)
     user_chose = group.get("foreach") is not None or group.get("fused") is not None
-    if rule is not None and not user_chose and rule.supports(group) and param.is_floating_point():
+    if (
+        rule is not None
+        and not user_chose
+        and rule.supports(group)
+        and param.is_floating_point()
+        # torch's CPU half-type kernels round an element by where it sits in its tensor
+        # and thread chunk: only the parameter's own tensor reproduces them
+        and rule.exact_on_flat(param)
+    ):
         return RuleBucket(constructor, group, rule)
     if is_group_safe(constructor):
         return TorchBucket(constructor, group)

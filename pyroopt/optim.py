@@ -138,7 +138,7 @@ class PyroOptim(pyro.optim.PyroOptim):
     :param optim_args: a dict of hyperparameters, or a callable returning one per
         parameter. A one-argument callable receives the parameter's name normalized as
         in ``nn.Module.named_parameters()`` (``"loc.weight"``); a two-argument callable
-        receives ``(module_name, param_name)`` (deprecated, warns).
+        receives ``(module_name, param_name)`` (pyro's older form).
     :param clip_args: ``clip_norm`` and/or ``clip_value`` for each parameter's own
         gradient (norm first, then value), as a dict or a callable like ``optim_args``;
         a dict may also hold ``clip_global_norm``, the bound on the joint norm of all
@@ -196,14 +196,9 @@ class PyroOptim(pyro.optim.PyroOptim):
         self.pt_clip_args = clip_args
         self._optim_arity = 0
         if callable(optim_args):
+            # pyro.optim takes a two-argument (module_name, param_name) callable without a
+            # warning (scvi-tools passes one), so pyroopt does too
             self._optim_arity = self.pt_optim_args_argc = _arity(optim_args, "optim_args")
-            if self._optim_arity == 2:
-                warnings.warn(
-                    "a two-argument optim_args callable (module_name, param_name) is "
-                    "deprecated; take one argument, the normalized parameter name",
-                    FutureWarning,
-                    stacklevel=2,
-                )
         self._clip_arity = _arity(clip_args, "clip_args") if callable(clip_args) else 0
         self._global_clip: float | None = None
         if isinstance(clip_args, dict):
@@ -232,6 +227,25 @@ class PyroOptim(pyro.optim.PyroOptim):
         self._last_global_norm: Tensor | None = None
         # One call at a time: calls from several threads run as if made one by one.
         self._lock = threading.RLock()
+
+    # -- copying ----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and pickle copy: everything but the lock and the plan
+        (both are made anew)."""
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        state["_plan"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        # Tables are indexed by ``id``, which a copy does not keep.
+        moved = self._table.rekey()
+        self._last_norms = {moved[k]: n for k, n in self._last_norms.items() if k in moved}
+        for bucket in self._buckets:
+            bucket.rekey()
 
     # -- stepping ---------------------------------------------------------------------
     def __call__(self, params: Iterable[Tensor], *args: Any, **kwargs: Any) -> None:
@@ -270,36 +284,34 @@ class PyroOptim(pyro.optim.PyroOptim):
             plan = self._plan = self._make_plan(params, ids)
         elif not repeated:
             plan = self._plan = plan._replace(given=params)
-        if args or kwargs:
-            for bucket, _ in plan.steps:
-                bucket.check_step_args(args, kwargs)
+        # Check, then change: every bucket checks its inputs before any is clipped or
+        # stepped. Sparse gradients that torch's own optimizer steps move their
+        # parameters to one (placement only: state goes with them) and the call is
+        # planned again.
+        while True:
+            try:
+                for bucket, bucket_params in plan.steps:
+                    if args or kwargs:
+                        bucket.check_step_args(args, kwargs)
+                    bucket.storage_unchanged = unchanged
+                    bucket.check(bucket_params)
+                break
+            except SparseGradients as sparse:
+                self._to_torch(sparse.params)
+                unchanged = False
+                plan = self._plan = self._make_plan(params, ids)
         if self.skip_nonfinite and not _all_finite(plan.slots):
             self._skip_step()
             return
         self._clip(plan)
-        pending = plan.steps
-        done: set[int] = set()  # ids of the parameters stepped, if a bucket hands some over
-        while pending:
-            bucket, bucket_params = pending[0]
-            try:
-                bucket.storage_unchanged = unchanged
-                bucket.step(bucket_params, *args, **kwargs)
-            except SparseGradients as sparse:  # raised before the bucket changed anything
-                self._to_torch(sparse.params)
-                unchanged = False
-                plan = self._plan = self._make_plan(params, ids)
-                pending = [
-                    (b, left)
-                    for b, ps in plan.steps
-                    if (left := [p for p in ps if id(p) not in done])
-                ]
-                continue
-            # A stepped bucket takes no new parameter: its lr may have moved, and a join
-            # would rebuild its buffers, a cost of everything in it for one newcomer.
-            bucket.fresh = False
-            if len(pending) > 1:
-                done.update(map(id, bucket_params))
-            pending = pending[1:]
+        for bucket, bucket_params in plan.steps:
+            bucket.step(bucket_params, *args, **kwargs)
+            # New parameters may join a stepped bucket while its hyperparameters are
+            # still the ones a new parameter gets (each member keeps its own step count
+            # and state): not once a step moves them (ClippedAdam's ``lrd``, fused SGD's
+            # shared first step); a schedule marks its own steps (PyroLRScheduler).
+            if bucket.advances_group():
+                bucket.fresh = False
         if not unchanged:  # a first step seats parameters in flat buffers: new pointers
             self._plan = plan._replace(pointers=list(map(Tensor.data_ptr, plan.params)))
 
@@ -326,11 +338,18 @@ class PyroOptim(pyro.optim.PyroOptim):
         if len(ids) != len(params):
             params = list({id(p): p for p in params}.values())  # each parameter steps once
         table = self._table
-        new = []
+        new, reshaped = [], []
         for p in params:
-            if table.get(p) is None:
+            slot = table.get(p)
+            if slot is None:
                 self._check_new_param(p)
                 new.append(p)
+            elif p.shape != slot.bucket.shape_of(p):
+                self._check_reshaped(slot)
+                reshaped.append(slot)
+        # Every check passed: from here on the call changes things.
+        for slot in reshaped:
+            self._rehome(slot)
         if new:
             self._retire_stale(ids)
             store = pyro.get_param_store()
@@ -424,6 +443,25 @@ class PyroOptim(pyro.optim.PyroOptim):
                 f"can only optimize leaf tensors; got a non-leaf tensor of shape "
                 f"{tuple(p.shape)} (use the unconstrained parameter, e.g. "
                 f"pyro.param(name).unconstrained())"
+            )
+
+    def _check_reshaped(self, slot: Slot) -> None:
+        """Raise unless ``slot``'s parameter, which changed shape, may go on as pyro.optim
+        lets it: without state of the old shape (never stepped, or a stateless rule such
+        as SGD without momentum, whose torch optimizer steps any shape)."""
+        p = slot.param
+        old = slot.bucket.shape_of(p)
+        state = self._param_state(slot)["state"].get(0, {})
+        shaped = sorted(
+            k for k, v in state.items() if isinstance(v, Tensor) and tuple(v.shape) == tuple(old)
+        )
+        if shaped:
+            name = repr(slot.name) if slot.name is not None else "an unnamed parameter"
+            raise RuntimeError(
+                f"parameter {name} changed shape from {tuple(old)} to {tuple(p.shape)}, but "
+                f"its optimizer state {shaped} has the old shape (pyro.optim's torch "
+                "optimizer refuses such a step too); give the new tensor a new name, or "
+                "set its state anew (set_state), before stepping it"
             )
 
     def _discover(self, p: Tensor, name: str | None, stepping: frozenset[int]) -> Slot:
@@ -839,8 +877,17 @@ class _ParamOptimizerView:
         return self._bucket.state_dict(self._param)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        with self._optim._lock:
-            self._bucket.load_state_dict(self._param, state_dict)
+        """Load one parameter's state with every hyperparameter it carries, as its own
+        torch optimizer would (the parameter moves to a bucket of those hyperparameters)."""
+        optim, slot = self._optim, self._slot
+        with optim._lock:
+            entry: Any = dict(state_dict)
+            current = optim._param_state(slot)
+            if optim._optimizer_state(current) is not current:  # under a schedule: keep it
+                entry = {**current, "optimizer": entry}
+            optim._check_state(slot.name, entry, "load_state_dict")
+            # an unnamed parameter's entry is under None, which _apply_now reads alike
+            optim._apply_now([slot], {slot.name: entry})  # type: ignore[dict-item]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if set_to_none:

@@ -104,9 +104,12 @@ class ParamTable:
         """name -> tensor of every named slot (the table's own dict: do not change it)."""
         return self._named_params
 
-    def names(self) -> list[str]:
-        """The names of the named slots, sorted."""
-        return sorted(self._by_name)
+    def rekey(self) -> dict[int, int]:
+        """Index the slots anew after they were copied (``copy.deepcopy``, pickle), whose
+        tensors have new ids; returns ``{old id: new id}``."""
+        moved = {old: id(slot.param) for old, slot in self.by_id.items()}
+        self.by_id = {id(slot.param): slot for slot in self.by_id.values()}
+        return moved
 
 
 def _sort_key(slot: Slot) -> tuple[int, Any]:

@@ -9,9 +9,11 @@ update of the buffer is an update of the parameter.
 
 Seating is only done where nobody can tell the difference:
 
-- a parameter is seated only if it is contiguous and no other tensor shares its
-  storage (a view taken with ``.detach()``, ``.data`` or slicing, or weight tying by
-  views, would otherwise stop following the parameter);
+- a parameter is seated only if it is contiguous and no tensor outside the buffer's
+  parameters shares its storage (a view taken with ``.detach()``, ``.data`` or slicing,
+  or weight tying by views, would otherwise stop following the parameter); parameters
+  that share one storage among themselves alone (as a param store loaded from a file
+  saved with seated parameters does) are seated together;
 - when the bucket changes and the buffer must be rebuilt, seated parameters move to the
   new buffer only if no tensor outside the bucket holds a view of the old one;
   otherwise they stay where they are and are copied in and out on every step (the
@@ -41,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +76,10 @@ def _storage_users(t: Tensor) -> int:
     return _raw_count(t) - _ONE_USER + 1
 
 
+def _storage(t: Tensor) -> int:
+    return int(t.untyped_storage().data_ptr())
+
+
 def _same_storage(t: Tensor, buffer: Tensor) -> bool:
     return t.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
 
@@ -89,16 +96,22 @@ class FlatValues:
     ) -> None:
         first = params[0]
         movable = previous.release(params) if previous is not None else set()
-        self.buffer = torch.empty(layout.numel, dtype=first.dtype, device=first.device)
-        views = layout.views(self.buffer)
+        # zeros: the gaps of an aligned layout are stepped with the rest and must stay finite
+        self.buffer = torch.zeros(layout.numel, dtype=first.dtype, device=first.device)
+        #: each parameter's slice of the buffer, in the order of ``params``
+        self.views = views = tuple(layout.views(self.buffer))
         with torch.no_grad():
             torch._foreach_copy_(views, list(params))
         self.params = list(params)
         self.seated: list[Tensor] = []
         self.unseated: list[Tensor] = []
         self.unseated_views: list[Tensor] = []
-        for p, view in zip(params, views, strict=True):
-            if p.is_contiguous() and (id(p) in movable or _storage_users(p) == 1):
+        # A storage that only members of this buffer use (parameters loaded together
+        # from one file, or seated together before a save) is nobody else's either.
+        members: Counter[int] = Counter(_storage(p) for p in params)
+        own = [_storage_users(p) == members[_storage(p)] for p in params]
+        for p, view, alone in zip(params, views, own, strict=True):
+            if p.is_contiguous() and (id(p) in movable or alone):
                 with torch.no_grad():
                     p.data = view
                 self.seated.append(p)
@@ -132,8 +145,14 @@ class FlatValues:
         seated parameter that is not kept gets storage of its own again (nobody can see
         the copy), so the old buffer can be freed.
         """
-        still = [p for p in self.seated if _same_storage(p, self.buffer)]
-        ours = 1 + len(still) + len(self.unseated_views)
+        # still in its own seat (a parameter given another's memory, ``p.data = q.data``,
+        # shares the buffer but not as its seat, and must stay where it was put)
+        still = [
+            p
+            for p, pointer in zip(self.seated, self.pointers, strict=True)
+            if p.data_ptr() == pointer and _same_storage(p, self.buffer)
+        ]
+        ours = 1 + len(still) + len(self.views)  # the buffer, its seats, our views of it
         if _use_count is None or _storage_users(self.buffer) != ours:
             return set()
         kept = {id(p) for p in keep}

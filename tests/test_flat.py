@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pyroopt.flat import FlatLayout
+from pyroopt.flat import FlatLayout, torch_alignment
 
 SHAPES = [
     [(10,)] * 5,
@@ -56,3 +56,33 @@ def test_gather_refuses_a_missing_or_sparse_tensor(shape, bad):
     for tensors in ([dense, other], [other, dense]):
         with pytest.raises(expected):
             layout.gather(tensors, target)
+
+
+@pytest.mark.parametrize("align", [1, 3, 8, 16])
+@pytest.mark.parametrize("shapes", SHAPES, ids=range(len(SHAPES)))
+def test_an_aligned_gather_places_each_tensor_at_an_aligned_view_and_leaves_gaps_alone(
+    shapes, align
+):
+    torch.manual_seed(0)
+    tensors = [torch.randn(s) for s in [(1,), *shapes, (7,), (7,), (7,)]]
+    tensors[1] = tensors[1].t() if tensors[1].dim() == 2 else tensors[1]  # non-contiguous too
+    layout = FlatLayout([t.shape for t in tensors], align=align)
+    flat = torch.zeros(layout.numel)
+    target = layout.target(flat)
+    layout.gather(tensors, target)
+    covered = torch.zeros(layout.numel, dtype=torch.bool)
+    for view, t, offset in zip(target.views, tensors, layout.offsets, strict=True):
+        assert offset % align == 0
+        assert view.storage_offset() == offset
+        assert torch.equal(view, t)
+        covered[offset : offset + t.numel()] = True
+    assert not flat[~covered].any(), "a gather wrote into a gap"
+    assert layout.numel % align == 0
+    assert layout.gaps == (layout.numel != sum(t.numel() for t in tensors))
+
+
+def test_torch_alignment_is_64_bytes_in_every_dtype():
+    assert torch.empty(1000).data_ptr() % 64 == 0
+    assert torch_alignment(torch.float32) == 16
+    assert torch_alignment(torch.float64) == 8
+    assert torch_alignment(torch.bfloat16) == 32

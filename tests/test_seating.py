@@ -44,8 +44,9 @@ def test_parameters_are_seated_and_the_buffer_is_their_only_copy():
     _step(optim, params, 0)
     values = _bucket_values(optim)
     assert values.seated == params
-    # the buffer, the three parameters, nothing else
-    assert _storage_users(values.buffer) == 1 + len(params)
+    # the buffer, its slices (one per parameter, kept for the update), the three
+    # parameters, nothing else
+    assert _storage_users(values.buffer) == 1 + len(values.views) + len(params)
     assert params[1].detach().abs().min() > 0
     values.buffer.zero_()  # writing the buffer writes the parameters
     assert torch.equal(params[1].detach(), torch.zeros(3))
@@ -79,10 +80,11 @@ def test_a_view_taken_after_seating_survives_a_parameter_leaving():
     assert torch.equal(view, params[2].detach())
     # the parameters left behind could not move: they are copied in and out
     values = _bucket_of(optim, params[2])._values
-    assert _holds(values.unseated, params[2]) and values.params == kept
-    # the newcomer got a bucket of its own (joining would rebuild the stepped one)
-    assert _bucket_of(optim, late) is not _bucket_of(optim, params[2])
-    assert _bucket_of(optim, late)._values.seated == [late]
+    assert _holds(values.unseated, params[2]) and values.params == [*kept, late]
+    # the newcomer joined the stepped bucket (its hyperparameters have not moved), and
+    # nothing outside shares its storage: it is seated
+    assert _bucket_of(optim, late) is _bucket_of(optim, params[2])
+    assert _holds(values.seated, late)
 
 
 def test_without_outside_views_parameters_move_and_the_old_buffer_is_freed():
@@ -94,7 +96,7 @@ def test_without_outside_views_parameters_move_and_the_old_buffer_is_freed():
     late = pyro.param("late", torch.ones(2)).unconstrained()
     _step(optim, [*params[1:], late], 1)
     values = _bucket_of(optim, params[1])._values
-    assert values.seated == params[1:]
+    assert values.seated == [*params[1:], late]  # the newcomer joined them
     assert _storage_users(old) == 1  # only our local name for it is left
     assert not _holds(optim.optim_objs, params[0])  # retired
 
@@ -307,19 +309,26 @@ def _steady_then(make_optim, event):
 def test_a_missing_or_sparse_gradient_after_steady_steps_steps_as_pyro_optim(
     monkeypatch, factory, event
 ):
-    """A steady flat step gathers first and skips its per-gradient checks; a missing
-    or sparse gradient then still takes pyro.optim's way (a partial step; torch's own
-    sparse update)."""
+    """A steady flat step checks its gradients in three C-level passes instead of one
+    by one; a missing or sparse gradient then still takes pyro.optim's way (a partial
+    step; torch's own sparse update)."""
     args = {"lr": 0.1, "momentum": 0.9} if factory == "SGD" else {"lr": 0.1}
-    gathers = []
-    gather = RuleBucket._gather_steady
-    monkeypatch.setattr(
-        RuleBucket,
-        "_gather_steady",
-        lambda self, params, grads: gathers.append(gather(self, params, grads)) or gathers[-1],
-    )
+    found = []
+    check = RuleBucket.check
+
+    def recording(self, params):
+        try:
+            check(self, params)
+        except Exception:
+            found.append("refused")
+            raise
+        found.append(self._checked)
+
+    monkeypatch.setattr(RuleBucket, "check", recording)
     ours = _steady_then(lambda: getattr(pyroopt, factory)(args), event)
-    assert gathers[:3] == [True, True, False]  # steps 1 and 2 steady; step 3 refused
+    # step 0 checked one by one (first), 1 and 2 steady, 3 checked again (or refused,
+    # to hand a sparse gradient over)
+    assert found[:3] == ["checked", "steady", "steady"] and found[3] in ("checked", "refused")
     theirs = _steady_then(lambda: getattr(pyro.optim, factory)(args), event)
     for step, (x, y) in enumerate(zip(ours, theirs, strict=True)):
         for a, b in zip(x, y, strict=True):

@@ -1,0 +1,101 @@
+"""No cliff on the paths real training takes: a resumed optimizer and parameters that
+appear late step on the flat path, with as many buckets as there are distinct
+hyperparameters, and stay pyro.optim's numbers bit for bit (float32)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+
+import pyroopt
+
+
+def _grads(params, step):
+    for i, p in enumerate(params):
+        p.grad = torch.sin(torch.arange(float(p.numel())) * 0.37 + step + 0.1 * i).view_as(p)
+
+
+def _store_params(names):
+    store = pyro.get_param_store()
+    return [store[name].unconstrained() for name in names]
+
+
+def _resume_run(module, tmp_path, steps_before=3, steps_after=3):
+    """Train, save the param store and the optimizer, clear both, load, train on."""
+    torch.set_default_dtype(torch.float32)
+    pyro.clear_param_store()
+    names = [f"site_{i:02d}" for i in range(30)]
+    params = [
+        pyro.param(n, torch.full((3 + i % 5,), 0.1 * i)).unconstrained()
+        for i, n in enumerate(names)
+    ]
+    optim = module.Adam({"lr": 0.05})
+    for step in range(steps_before):
+        _grads(params, step)
+        optim(params)
+    pyro.get_param_store().save(tmp_path / f"{module.__name__}.params")
+    optim.save(tmp_path / f"{module.__name__}.optim")
+    pyro.clear_param_store()
+    resumed = module.Adam({"lr": 0.05})
+    pyro.get_param_store().load(tmp_path / f"{module.__name__}.params")
+    resumed.load(tmp_path / f"{module.__name__}.optim")
+    params = _store_params(names)
+    for step in range(steps_before, steps_before + steps_after):
+        _grads(params, step)
+        resumed(params)
+    return resumed, [p.detach().clone() for p in params]
+
+
+def test_a_resumed_optimizer_steps_on_the_flat_path_with_pyro_optims_numbers(tmp_path):
+    _, theirs = _resume_run(pyro.optim, tmp_path)
+    resumed, ours = _resume_run(pyroopt, tmp_path)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    # what runs: one bucket, every parameter seated in its flat buffer
+    (bucket,) = resumed._buckets
+    params = _store_params(sorted(pyro.get_param_store().keys()))
+    assert bucket._values is not None and bucket._values.seated == params
+
+
+def _late_run(module, n=60, rule="Adam", args=None):
+    """One new parameter per step, every parameter seen so far stepped each time."""
+    torch.set_default_dtype(torch.float32)
+    pyro.clear_param_store()
+    optim = getattr(module, rule)(dict(args or {"lr": 0.05}))
+    params = []
+    for step in range(n):
+        params.append(pyro.param(f"late_{step:03d}", torch.full((7,), 0.01 * step)).unconstrained())
+        _grads(params, step)
+        optim(params)
+    for step in range(n, n + 3):
+        _grads(params, step)
+        optim(params)
+    return optim, [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize(
+    ("rule", "args"),
+    [("Adam", {"lr": 0.05}), ("SGD", {"lr": 0.05, "momentum": 0.9}), ("RMSprop", {"lr": 0.01})],
+)
+def test_late_parameters_join_one_bucket_and_keep_pyro_optims_numbers(rule, args):
+    _, theirs = _late_run(pyro.optim, rule=rule, args=args)
+    optim, ours = _late_run(pyroopt, rule=rule, args=args)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert len(optim._buckets) == 1
+    (bucket,) = optim._buckets
+    assert bucket._values is not None and len(bucket._values.seated) == len(ours)
+
+
+def test_late_parameters_under_a_decaying_lr_get_a_bucket_per_phase():
+    """ClippedAdam's ``lrd`` moves each parameter's lr from its own first step, so
+    parameters that appeared on different steps cannot share one (pyro.optim's numbers
+    demand it); those that appear together do."""
+    args = {"lr": 0.05, "lrd": 0.99}
+    _, theirs = _late_run(pyro.optim, n=12, rule="ClippedAdam", args=args)
+    optim, ours = _late_run(pyroopt, n=12, rule="ClippedAdam", args=args)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert len(optim._buckets) == 12
