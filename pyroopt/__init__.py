@@ -2,8 +2,12 @@
 
 Replace ``import pyro.optim as optim`` by ``import pyroopt as optim``: the same
 optimizers, arguments, state files and numbers, with all parameters stepped together.
+Every name of ``pyro.optim`` is here, and each object passes the ``isinstance`` checks
+that pyro's passes (a scheduler is a :class:`pyro.optim.PyroLRScheduler`, the Horovod
+wrapper a :class:`pyro.optim.HorovodOptimizer`, and both are :class:`PyroOptim`).
 """
 
+from pyroopt import distributed, factories, optimizers
 from pyroopt._version import __version__
 from pyroopt.distributed import DistributedOptimizer, HorovodOptimizer
 from pyroopt.factories import (
@@ -40,6 +44,7 @@ from pyroopt.factories import (
     SequentialLR,
     SparseAdam,
     StepLR,
+    _LRScheduler,
 )
 from pyroopt.lr_scheduler import PyroLRScheduler
 from pyroopt.multi import (
@@ -51,6 +56,13 @@ from pyroopt.multi import (
     newton_step,
 )
 from pyroopt.optim import PyroOptim, is_scheduler
+
+# pyro.optim's submodules under the names pyro.optim gives them, as pyroopt's modules
+# that hold the same things (lr_scheduler, multi and optim have pyro's names already):
+# pyro's clipped_adam, adagrad_rmsprop and dct_adam each hold one torch optimizer class
+clipped_adam = adagrad_rmsprop = dct_adam = optimizers
+pytorch_optimizers = factories
+horovod = distributed.horovod
 
 __all__ = [
     "ASGD",
@@ -95,7 +107,43 @@ __all__ = [
     "SparseAdam",
     "StepLR",
     "TorchMultiOptimizer",
+    "_LRScheduler",
     "__version__",
     "is_scheduler",
     "newton_step",
+]
+
+#: the factories made for torch.optim's classes, as ``pyro.optim.pytorch_optims`` lists them
+pytorch_optims: list[str] = [
+    "Adafactor",
+    "Muon",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "AdamW",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "LRScheduler",
+    "_LRScheduler",
+    "LambdaLR",
+    "MultiplicativeLR",
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "SequentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "ChainedScheduler",
+    "ReduceLROnPlateau",
+    "CyclicLR",
+    "CosineAnnealingWarmRestarts",
+    "OneCycleLR",
 ]

@@ -759,6 +759,28 @@ def LRScheduler(
     )
 
 
+def _LRScheduler(
+    optim_args: dict[str, Any],
+    clip_args: ArgsSpec | None = None,
+    *,
+    skip_nonfinite: bool = False,
+    track_grad_norms: bool = False,
+) -> PyroLRScheduler:
+    """Schedule: torch's old name of its scheduler base class, as ``pyro.optim._LRScheduler``.
+
+    Wraps :class:`torch.optim.lr_scheduler._LRScheduler` (a subclass of
+    :class:`~torch.optim.lr_scheduler.LRScheduler` that adds nothing) with
+    :class:`~pyroopt.lr_scheduler.PyroLRScheduler`, for code that names it.
+    """
+    return PyroLRScheduler(
+        torch_schedulers._LRScheduler,
+        optim_args,
+        clip_args,
+        skip_nonfinite=skip_nonfinite,
+        track_grad_norms=track_grad_norms,
+    )
+
+
 FACTORY_CLASSES.update(
     {
         LambdaLR: torch_schedulers.LambdaLR,
@@ -777,5 +799,6 @@ FACTORY_CLASSES.update(
         SequentialLR: torch_schedulers.SequentialLR,
         ChainedScheduler: torch_schedulers.ChainedScheduler,
         LRScheduler: torch_schedulers.LRScheduler,
+        _LRScheduler: torch_schedulers._LRScheduler,
     }
 )

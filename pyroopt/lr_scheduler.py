@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+import pyro.optim
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
@@ -53,8 +54,11 @@ def _check_kwargs(cls: type, kwargs: Mapping[str, Any], where: str) -> None:
         raise TypeError(f"{where}: {cls.__name__} does not take {unknown}; it takes {accepted}")
 
 
-class PyroLRScheduler(PyroOptim):
+class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
     """A drop-in :class:`pyro.optim.PyroLRScheduler` stepping all parameters together.
+
+    An instance is a :class:`pyro.optim.PyroLRScheduler` and a
+    :class:`pyroopt.PyroOptim`; every method comes from pyroopt.
 
     :param scheduler_constructor: a :mod:`torch.optim.lr_scheduler` class.
     :param optim_args: ``{"optimizer": torch optimizer class, "optim_args": dict or
@@ -188,21 +192,50 @@ class PyroLRScheduler(PyroOptim):
         """Advance the schedule of every parameter seen so far by one epoch.
 
         ``ReduceLROnPlateau`` takes the metric (``step(loss)``); other schedules take
-        no argument.
+        no argument. Runs under the optimizer's lock, so calls from other threads (of
+        the optimizer or of this method) run one after another. All schedules advance,
+        or none: if one raises (say ``OneCycleLR`` stepped past ``total_steps``), every
+        schedule and learning rate is put back as it was before the error propagates.
         """
+        self._check_step_args(args, kwargs)
+        with self._lock:
+            schedulers = list(self._schedulers.values())
+            saved = [_snapshot(scheduler) for scheduler in schedulers]
+            try:
+                for scheduler in schedulers:
+                    scheduler.step(*args, **kwargs)
+            except BaseException:
+                for scheduler, snapshot in zip(schedulers, saved, strict=True):
+                    _restore(scheduler, snapshot)
+                raise
+            for bucket in self._buckets:
+                bucket.fresh = False
+            self._epoch += 1
+
+    def _check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` unless :meth:`step` can take these arguments."""
         plateau = issubclass(self.pt_scheduler_constructor, torch_schedulers.ReduceLROnPlateau)
-        if plateau and len(args) + len(kwargs) != 1:
-            raise TypeError("ReduceLROnPlateau.step() needs the metric, e.g. step(loss)")
-        if not plateau and (args or kwargs):
+        if not plateau:
+            if args or kwargs:
+                raise TypeError(
+                    f"{self.pt_scheduler_constructor.__name__}.step() takes no argument "
+                    "(only ReduceLROnPlateau takes a metric); got "
+                    f"args={args!r} kwargs={kwargs!r}"
+                )
+            return
+        if len(args) + len(kwargs) != 1 or (kwargs and "metrics" not in kwargs):
             raise TypeError(
-                f"{self.pt_scheduler_constructor.__name__}.step() takes no argument (only "
-                f"ReduceLROnPlateau takes a metric); got args={args!r} kwargs={kwargs!r}"
+                "ReduceLROnPlateau.step() needs the metric, e.g. step(loss); got "
+                f"args={args!r} kwargs={kwargs!r}"
             )
-        for scheduler in self._schedulers.values():
-            scheduler.step(*args, **kwargs)
-        for bucket in self._buckets:
-            bucket.fresh = False
-        self._epoch += 1
+        metric = args[0] if args else kwargs["metrics"]
+        try:
+            float(metric.detach() if isinstance(metric, torch.Tensor) else metric)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"ReduceLROnPlateau.step() needs a number (or a one-element tensor) as the "
+                f"metric, got {metric!r}"
+            ) from None
 
     def get_last_lr(self) -> dict[str, float]:
         """The learning rate each parameter seen so far will use next, by name."""
@@ -223,6 +256,20 @@ class PyroLRScheduler(PyroOptim):
 
     def _view(self, slot: Any) -> Any:
         return _ParamSchedulerView(self._schedulers[slot.bucket], self, slot)
+
+
+def _snapshot(scheduler: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What :meth:`PyroLRScheduler.step` restores if a schedule raises: the scheduler's
+    state and the hyperparameters of the groups it drives."""
+    return scheduler.state_dict(), [dict(g) for g in scheduler.optimizer.param_groups]
+
+
+def _restore(scheduler: Any, snapshot: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    state, groups = snapshot
+    scheduler.load_state_dict(state)
+    for group, saved in zip(scheduler.optimizer.param_groups, groups, strict=True):
+        group.clear()  # the same dict: buckets read their hyperparameters from it
+        group.update(saved)
 
 
 class _ParamSchedulerView:

@@ -10,6 +10,8 @@ from torch import Tensor
 
 from pyroopt.distributed.collectives import Collectives
 from pyroopt.distributed.reduce import DistributedPyroOptim
+from pyroopt.distributed.torch_dist import delegate_inherited
+from pyroopt.optim import PyroOptim
 
 
 def _horovod() -> Any:
@@ -69,8 +71,11 @@ class HorovodCollectives(Collectives):
         self._hvd.broadcast_(flat, root_rank=0, name=f"pyroopt.values.{flat.dtype}")
 
 
-class HorovodOptimizer(DistributedPyroOptim):
+class HorovodOptimizer(DistributedPyroOptim, PyroOptim, pyro.optim.HorovodOptimizer):
     """A drop-in :class:`pyro.optim.HorovodOptimizer`: one allreduce per step.
+
+    An instance is a :class:`pyro.optim.HorovodOptimizer` and a :class:`pyroopt.PyroOptim`;
+    what it does not define itself comes from the wrapped optimizer.
 
     pyro.optim wraps every parameter in its own ``horovod.torch.DistributedOptimizer``,
     so each step issues one allreduce per parameter. This wrapper reduces all of a
@@ -165,3 +170,6 @@ class HorovodOptimizer(DistributedPyroOptim):
         )
         self.op = op
         self.compression = self._comm.compression  # type: ignore[attr-defined]
+
+
+delegate_inherited(HorovodOptimizer, PyroOptim, pyro.optim.HorovodOptimizer)

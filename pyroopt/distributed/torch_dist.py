@@ -11,6 +11,36 @@ from torch import Tensor
 
 from pyroopt.distributed.collectives import Collectives
 from pyroopt.distributed.reduce import DistributedPyroOptim
+from pyroopt.optim import PyroOptim
+
+
+# An attribute that a wrapper's class inherits from a class it derives from only to pass
+# ``isinstance`` checks, read from the wrapped optimizer instead (what ``__getattr__``
+# would do without the inheritance). No docstring: the docs list no such attribute.
+class _Delegated:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj._optim, self.name)
+
+
+def delegate_inherited(cls: type, *facades: type) -> type:
+    """Make ``cls`` (a :class:`DistributedPyroOptim` that also derives from ``facades``,
+    for ``isinstance``) read every attribute that ``facades`` and their bases define, and
+    the wrapper's own classes do not, from the wrapped optimizer. Returns ``cls``."""
+    borrowed = [
+        k for k in cls.__mro__ if k is not object and any(issubclass(f, k) for f in facades)
+    ]
+    own = {name for k in cls.__mro__ if k not in borrowed for name in vars(k)}
+    for name in {name for k in borrowed for name in vars(k)} - own:
+        if not (name.startswith("__") and name.endswith("__")):
+            setattr(cls, name, _Delegated(name))
+    return cls
 
 
 class TorchCollectives(Collectives):
@@ -57,8 +87,11 @@ class TorchCollectives(Collectives):
 _OPS = {"average": True, "avg": True, "mean": True, "sum": False}
 
 
-class DistributedOptimizer(DistributedPyroOptim):
+class DistributedOptimizer(DistributedPyroOptim, PyroOptim):
     """Wrap a pyroopt optimizer for data-parallel training on ``torch.distributed``.
+
+    An instance is a :class:`pyroopt.PyroOptim` (and so a :class:`pyro.optim.PyroOptim`);
+    what it does not define itself comes from the wrapped optimizer.
 
     Each call copies all gradients of the step, in the order of the parameters'
     names, into one flat buffer (kept from step to step), issues one in-place
@@ -116,3 +149,6 @@ class DistributedOptimizer(DistributedPyroOptim):
             backward_passes_per_step=backward_passes_per_step,
         )
         self.process_group = process_group
+
+
+delegate_inherited(DistributedOptimizer, PyroOptim)
