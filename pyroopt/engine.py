@@ -876,13 +876,6 @@ def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:
 # -- choosing a bucket ------------------------------------------------------------------
 
 
-def _accepts(constructor: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(constructor).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tensor) -> Bucket:
     """The fastest bucket that computes what ``constructor(**group)`` computes."""
     rule = rule_for(constructor)

@@ -50,11 +50,6 @@ def addcdiv_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> Non
     torch._foreach_addcdiv_(xs, ys, zs, value)
 
 
-def addcmul_(xs: TensorList, ys: TensorList, zs: TensorList, value: Coef) -> None:
-    """``x += value * y * z`` elementwise (torch's ``addcmul_``)."""
-    torch._foreach_addcmul_(xs, ys, zs, value)
-
-
 def mul_(xs: TensorList, value: Coef) -> None:
     """``x *= value`` elementwise, with the numbers of ``Tensor.mul_(value)``.
 
