@@ -317,8 +317,12 @@ def _write(params: dict[str, Tensor], values: dict[str, Tensor]) -> None:
             param.copy_(values[name])
 
 
-class MultiOptimizer:
+class MultiOptimizer(pyro.optim.multi.MultiOptimizer):
     """Base of optimizers that differentiate the loss themselves.
+
+    Every class here is also an instance of the pyro.optim class it stands for (code
+    that checks ``isinstance(x, pyro.optim.multi.Newton)`` treats pyroopt's alike); it
+    replaces all of that class's behaviour and calls none of it.
 
     Subclasses implement :meth:`get_step`; :meth:`step` then writes its values in place.
     A subclass that cannot give differentiable values may override :meth:`step` instead.
@@ -368,7 +372,7 @@ class MultiOptimizer:
         return functools.partial(_write, checked, values)
 
 
-class PyroMultiOptimizer(MultiOptimizer):
+class PyroMultiOptimizer(MultiOptimizer, pyro.optim.multi.PyroMultiOptimizer):
     """A :class:`pyro.optim.PyroOptim` (pyroopt's or pyro's) driven by a loss.
 
     :meth:`step` computes the gradients of ``loss`` with :func:`torch.autograd.grad`,
@@ -428,7 +432,7 @@ class PyroMultiOptimizer(MultiOptimizer):
                 value.grad = old
 
 
-class TorchMultiOptimizer(PyroMultiOptimizer):
+class TorchMultiOptimizer(PyroMultiOptimizer, pyro.optim.multi.TorchMultiOptimizer):
     """A torch optimizer driven by a loss: :class:`PyroMultiOptimizer` of a pyroopt
     :class:`~pyroopt.PyroOptim` built from ``optim_constructor`` and ``optim_args``.
 
@@ -460,7 +464,7 @@ def _apply_all(updates: list[Update]) -> None:
         update()
 
 
-class MixedMultiOptimizer(MultiOptimizer):
+class MixedMultiOptimizer(MultiOptimizer, pyro.optim.multi.MixedMultiOptimizer):
     """Different optimizers for different parameters.
 
     Every part computes its step at the current values before any part writes, so a
@@ -561,7 +565,7 @@ class MixedMultiOptimizer(MultiOptimizer):
         return functools.partial(_apply_all, updates)
 
 
-class Newton(MultiOptimizer):
+class Newton(MultiOptimizer, pyro.optim.multi.Newton):
     r"""Batched Newton steps, optionally within a trust region per parameter.
 
     Each parameter of shape ``batch_shape + (D,)``, any ``D >= 1``, is a batch of

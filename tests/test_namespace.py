@@ -289,3 +289,23 @@ def test_plateau_metric_is_checked_before_any_schedule_moves(args, kwargs):
     sched.step(torch.tensor(2.0))  # a one-element tensor is a metric
     sched.step(metrics=3.0)
     assert sched._epoch == 3
+
+
+def test_every_multi_optimizer_is_an_instance_of_pyros_and_runs_none_of_its_code():
+    pyro_multi = pyro.optim.multi
+    made = {
+        "PyroMultiOptimizer": pyroopt.PyroMultiOptimizer(pyroopt.Adam({"lr": 0.1})),
+        "TorchMultiOptimizer": pyroopt.TorchMultiOptimizer(torch.optim.Adam, {"lr": 0.1}),
+        "MixedMultiOptimizer": pyroopt.MixedMultiOptimizer([(["x"], pyroopt.Newton())]),
+        "Newton": pyroopt.Newton(),
+    }
+    for name, optim in made.items():
+        assert isinstance(optim, getattr(pyro_multi, name)), name
+        assert isinstance(optim, pyro_multi.MultiOptimizer), name
+        for attribute in vars(getattr(pyro_multi, name)):
+            if callable(getattr(optim, attribute, None)) and not attribute.startswith("__"):
+                # pyroopt's own method, found before pyro's in the method order
+                assert getattr(type(optim), attribute).__module__ == "pyroopt.multi", (
+                    name,
+                    attribute,
+                )
