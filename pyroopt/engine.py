@@ -28,9 +28,10 @@ from __future__ import annotations
 import bisect
 import inspect
 import operator
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
-from itertools import compress, count, repeat
+from itertools import compress, count
 from typing import Any
 
 import torch
@@ -50,8 +51,6 @@ from pyroopt.serial import SerialIfSmall
 
 Group = dict[str, Any]
 _IS_SPARSE = operator.attrgetter("is_sparse")
-_DTYPE = operator.attrgetter("dtype")
-_SHAPE = operator.attrgetter("shape")
 
 #: Up to this many elements per parameter on average, a bucket gathers its gradients
 #: into one flat buffer (a few ``torch.cat``) and runs the update there; larger
@@ -186,10 +185,11 @@ class Bucket(ABC):
             return repr(key[1])
         return f"an unnamed parameter of shape {tuple(param.shape)}"
 
-    def check(self, params: list[Tensor]) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
         """Raise before anything changes unless ``params`` (members, in bucket order)
         can be stepped; the optimizer checks every bucket of a call before it clips or
-        steps any."""
+        steps any. ``gather``: the gradients will not change before the step (no
+        clipping), so a bucket may already copy them."""
         live = [p for p in params if p.grad is not None]
         self.check_inputs(live, [p.grad for p in live])  # type: ignore[misc]
 
@@ -384,27 +384,23 @@ class RuleBucket(Bucket):
         return self._scratch
 
     # -- stepping ---------------------------------------------------------------
-    def check(self, params: list[Tensor]) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
         """Raise before anything changes unless ``params``' gradients can be stepped.
 
         A steady call (every member, the flat values verified at the end of the last
-        step, no storage changed since) checks in three C-level passes that each
-        gradient is present, dense and of its parameter's recorded shape and dtype; any
-        other call checks every parameter and gradient (:meth:`Bucket.check_inputs`).
+        step, no storage changed since) is checked by gathering its gradients into the
+        flat gradient buffer (``gather``: no clipping will change them first): a few
+        ``torch.cat`` refuse a missing or sparse gradient, another shape or device, and
+        a refusal changes nothing but that scratch buffer. Other calls, and steady ones
+        that are clipped first, check every parameter and gradient one by one
+        (:meth:`Bucket.check_inputs`). A gradient of another dtype, which only an
+        assignment to ``.grad.data`` can make, is cast by the steady gather.
         """
         self._checked = None
+        if gather and self._steady(params) and self._gather_steady(params):
+            self._checked = "gathered"
+            return
         grads = [p.grad for p in params]
-        if self._steady(params):
-            try:
-                if (
-                    list(map(_SHAPE, grads)) == self.shapes
-                    and set(map(_DTYPE, grads)) == {self.dtype}
-                    and not any(map(_IS_SPARSE, grads))
-                ):
-                    self._checked = "steady"
-                    return
-            except AttributeError:  # a missing gradient
-                pass
         live = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
         if any(g.is_sparse for _, g in live):
             self._refuse_sparse([p for p, _ in live], [g for _, g in live])
@@ -435,15 +431,12 @@ class RuleBucket(Bucket):
             self._checked = None  # new gradients
         if self._checked is None:
             self.check(params)
-        steady = self._checked == "steady" and self._steady(params)
+        gathered = self._checked == "gathered" and self._steady(params)
         self._checked, self.storage_unchanged = None, False
-        if not steady:
+        if gathered:  # every gradient present, in the flat gradient buffer
+            live, grads = params, []
+        else:
             self._verified = None
-        grads = [p.grad for p in params]
-        gathered = steady and self._gather_steady(grads)  # type: ignore[arg-type]
-        live = params
-        # a steady call has every gradient (checked); C-level loops: this is hot
-        if not steady and any(map(operator.is_, grads, repeat(None))):
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
         steps, group = self.steps, dict(self.group)
@@ -466,17 +459,24 @@ class RuleBucket(Bucket):
             self._verified = None
             raise
 
-    def _gather_steady(self, grads: list[Tensor]) -> bool:
-        """Copy the gradients of a steady flat step (checked by :meth:`check`) into the
-        flat gradient buffer with a few ``torch.cat``; whether that ran. ``cat`` refuses
-        what the check does not see (another device), and a refusal changes nothing but
-        the scratch buffer: the step then gathers the checked way."""
+    def _gather_steady(self, params: list[Tensor]) -> bool:
+        """Copy the gradients of a steady flat step into the flat gradient buffer;
+        whether every one was there to copy. The 0-dim ones, which ``cat`` does not
+        copy, are checked here; a run whose total differs makes ``cat`` resize its
+        output (a warning, turned into the refusal it is)."""
+        grads = [p.grad for p in params]
+        for i in self.flat.scalars:
+            grad = grads[i]
+            if grad is None or grad.is_sparse or grad.shape != self.shapes[i]:
+                return False
         _, target = self._flat_scratch()
         try:
             # no_grad: gradients of create_graph=True require grad
-            with SerialIfSmall(self.numel), torch.no_grad():
-                self.flat.gather(grads, target)
-        except (TypeError, NotImplementedError, RuntimeError):
+            with SerialIfSmall(self.numel), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("error", UserWarning)
+                self.flat.gather(grads, target)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError, RuntimeError, UserWarning):
+            self._scratch = None  # a resized output no longer views the buffer
             return False
         return True
 
@@ -792,7 +792,7 @@ class PerParamBucket(Bucket):
     def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Any: an optimizer pyroopt does not know may take arguments of its own."""
 
-    def check(self, params: list[Tensor]) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
         """Nothing: an optimizer pyroopt does not know checks its own inputs."""
 
     def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:

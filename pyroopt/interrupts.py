@@ -24,12 +24,14 @@ Example::
 
 from __future__ import annotations
 
+import _signal
 import signal
 import threading
 from types import FrameType
 from typing import Any
 
 _MAIN = threading.main_thread()
+_SIGINT = int(signal.SIGINT)
 
 
 class DeferInterrupts:
@@ -44,12 +46,14 @@ class DeferInterrupts:
     def __enter__(self) -> None:
         if threading.current_thread() is not _MAIN:
             return
-        handler = signal.getsignal(signal.SIGINT)
+        # the C module's calls: ``signal``'s wrappers turn every handler into an enum,
+        # which costs more than the rest of a small step's commit
+        handler = _signal.signal(_SIGINT, self._record)
         if not callable(handler):  # SIG_IGN, SIG_DFL or not set from Python: nothing to hold
+            _signal.signal(_SIGINT, handler)
             return
         self._handler = handler
         self._received = None
-        signal.signal(signal.SIGINT, self._record)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self._received = (signum, frame)
@@ -58,7 +62,7 @@ class DeferInterrupts:
         handler, self._handler = self._handler, None
         if handler is None:
             return
-        signal.signal(signal.SIGINT, handler)
+        _signal.signal(_SIGINT, handler)
         received, self._received = self._received, None
         if received is not None:
             handler(*received)

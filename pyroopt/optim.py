@@ -284,6 +284,7 @@ class PyroOptim(pyro.optim.PyroOptim):
             plan = self._plan = self._make_plan(params, ids)
         elif not repeated:
             plan = self._plan = plan._replace(given=params)
+        clipping = bool(plan.clipped) or self._global_clip is not None
         # Check, then change: every bucket checks its inputs before any is clipped or
         # stepped. Sparse gradients that torch's own optimizer steps move their
         # parameters to one (placement only: state goes with them) and the call is
@@ -294,7 +295,7 @@ class PyroOptim(pyro.optim.PyroOptim):
                     if args or kwargs:
                         bucket.check_step_args(args, kwargs)
                     bucket.storage_unchanged = unchanged
-                    bucket.check(bucket_params)
+                    bucket.check(bucket_params, gather=not clipping)
                 break
             except SparseGradients as sparse:
                 self._to_torch(sparse.params)
