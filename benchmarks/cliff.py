@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyro
@@ -40,6 +40,7 @@ from pyroopt import engine
 
 #: the peak-memory shapes: (parameters, elements each)
 PEAK_SHAPES = ((1000, 10), (80, 1_000_000), (4, 20_000_000))
+QUICK_PEAK_SHAPES = ((100, 10), (4, 100_000))
 PEAK_RULES = ("Adam", "RMSprop")
 #: state tensors per parameter (for the minimum column)
 STATE_TENSORS = {"Adam": 2, "RMSprop": 1}
@@ -238,13 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     n, steps = (60, 20) if args.quick else (1000, 200)
     rows = path_rows(n=n, size=10, steps=steps, rounds=1 if args.quick else 3)
     print(path_table(rows, n, 10), flush=True)
-    shapes = ((100, 10), (4, 100_000)) if args.quick else PEAK_SHAPES
+    shapes = QUICK_PEAK_SHAPES if args.quick else PEAK_SHAPES
     peaks = peak_rows(shapes)
     print()
     print(peak_table(peaks))
     if args.json:
         args.json.write_text(
-            json.dumps({"paths": [r.__dict__ for r in rows], "peak": peaks}, indent=1)
+            json.dumps({"paths": [asdict(r) for r in rows], "peak": peaks}, indent=1)
         )
 
 

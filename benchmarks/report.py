@@ -75,6 +75,21 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` in a cell is escaped).
+
+    >>> print(markdown_table(["a", "b"], [["1", "x|y"]]))
+    | a | b |
+    |---|---|
+    | 1 | x\\|y |
+    """
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
+
+
 def step_table(results: Sequence[StepResult]) -> str:
     """Median ms per optimizer step for every column, and the ratios."""
     header = ["optimizer", "P x S", *(label for _, label, _ in COLUMNS), *(r[0] for r in RATIOS)]

@@ -2,9 +2,10 @@
 
 Usage, from the repository root::
 
-    python -m benchmarks.run            # full run, a few minutes
-    python -m benchmarks.run --quick    # smoke test, well under a minute
+    python -m benchmarks.run            # full run, about a quarter of an hour
+    python -m benchmarks.run --quick    # smoke test, a minute or two
     python -m benchmarks.run --repeats 15 --out /tmp/bench
+    python -m benchmarks.run --no-distributed --no-whole-program
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pyro
 import torch
 
 import pyroopt
-from benchmarks import churn, loaded, report, square_root
+from benchmarks import churn, cliff, loaded, report, square_root, whole_program
 from benchmarks.churn import ChurnResult
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
@@ -86,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the 2-worker horovodrun/torchrun SVI job",
     )
+    parser.add_argument(
+        "--no-whole-program",
+        action="store_true",
+        help="skip the whole-program table (child processes, pyro.optim against pyroopt)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -111,6 +117,7 @@ def environment(settings: Settings, quick: bool) -> dict[str, Any]:
         "mode": "quick" if quick else "full",
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu_model": whole_program.cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "torch": torch.__version__,
@@ -210,16 +217,24 @@ class _Tee(io.StringIO):
 
 
 def write_outputs(
-    out: Path, meta: dict[str, Any], steps: Sequence[StepResult], svi: SviResult, text: str
+    out: Path,
+    meta: dict[str, Any],
+    steps: Sequence[StepResult],
+    svi: SviResult,
+    text: str,
+    whole_page: str | None,
 ) -> None:
-    """results.json, report.txt (the printed tables, which the docs site shows) and
-    speedup.png in ``out``."""
+    """results.json, report.txt (the printed tables, which the docs site shows),
+    speedup.png and, where the whole-program table ran, whole_program.md in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, chart_path = out / "results.json", out / "speedup.png"
     report.write_json(json_path, report.to_json(meta, steps, svi))
     (out / "report.txt").write_text(text)
     report.draw_speedup_chart(steps, chart_path)
     print(f"\nWrote {json_path.resolve()}, report.txt\nWrote {chart_path.resolve()}")
+    if whole_page is not None:
+        (out / "whole_program.md").write_text(whole_page)
+        print(f"Wrote {(out / 'whole_program.md').resolve()}")
 
 
 def run_loaded_and_churn(quick: bool) -> tuple[list[LoadedResult], list[ChurnResult]]:
@@ -242,8 +257,21 @@ def print_loaded_and_churn(
     meta["churn"] = [asdict(r) for r in churn_rows]
 
 
+def print_whole_program(
+    rows: Sequence[whole_program.Row], plan: whole_program.WholePlan, meta: dict[str, Any]
+) -> str:
+    """The whole-program table and its goal (recorded in ``meta``); its Markdown page."""
+    source = meta["pyroopt_source"]
+    print(f"\nWhole programs, pyro.optim against pyroopt: {whole_program.header(plan, source)}")
+    print(whole_program.table(rows))
+    print("\n".join(whole_program.goal_lines(rows)))
+    meta["whole_program"] = whole_program.to_json(rows)
+    return whole_program.markdown(rows, plan, source)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmarks; the exit status is 1 if any column raised."""
+    """Run the benchmarks; the exit status is 1 if any column raised, a whole program
+    failed, or a whole program's final parameters differ between the optimizers."""
     args = parse_args(argv)
     settings = choose_settings(args.quick, args.repeats)
     meta = environment(settings, args.quick)
@@ -264,6 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded_rows, churn_rows = run_loaded_and_churn(args.quick)
     root_rows = square_root.time_roots(settings.steps, args.quick, SEED)
     print("  square roots in line and through MKL", flush=True)
+    cliff_n, cliff_steps = (60, 20) if args.quick else (1000, 200)
+    path_rows = cliff.path_rows(n=cliff_n, steps=cliff_steps, rounds=1 if args.quick else 3)
+    peak_rows = cliff.peak_rows(cliff.QUICK_PEAK_SHAPES if args.quick else cliff.PEAK_SHAPES)
+    print("  steady steps after a resume and late parameters; peak memory", flush=True)
+    whole_plan = whole_program.QUICK if args.quick else whole_program.FULL
+    whole_rows = [] if args.no_whole_program else whole_program.time_whole_programs(whole_plan)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_at_end"] = os.getloadavg()
     tee = _Tee(sys.stdout)
@@ -284,11 +318,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(square_root.table(root_rows))
         meta["square_root"] = [asdict(r) for r in root_rows]
-    write_outputs(args.out, meta, steps, svi, tee.getvalue())
+        print()
+        print(cliff.path_table(path_rows, cliff_n, 10))
+        print()
+        print(cliff.peak_table(peak_rows))
+        meta["cliff"] = {"paths": [asdict(row) for row in path_rows], "peak": peak_rows}
+        whole_page = print_whole_program(whole_rows, whole_plan, meta) if whole_rows else None
+    write_outputs(args.out, meta, steps, svi, tee.getvalue(), whole_page)
     print(f"Total {meta['seconds']} s")
     failed = any(c.status == "error" for r in steps for c in r.columns.values())
     failed = failed or any(c.status == "error" for c in svi.columns.values())
     failed = failed or any(c.status == "error" for r in torch_rows for c in r.columns.values())
+    failed = failed or whole_program.failed(whole_rows)
     return 1 if failed else 0
 
 
