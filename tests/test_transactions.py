@@ -64,14 +64,19 @@ def _assert_nested_equal(a, b):
         assert a == b
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_a_parameter_that_changed_shape_fails_every_call_and_touches_no_other(rule):
-    args = RULES[rule]
+def _three_steps(module, rule):
+    """Three steady steps of ``module``'s ``rule`` over three fresh parameters."""
     params = _params()
-    optim = getattr(pyroopt, rule)(dict(args))
+    optim = getattr(module, rule)(dict(RULES[rule]))
     for step in range(3):
         _grads(params, step)
         optim(params)
+    return optim, params
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_parameter_that_changed_shape_fails_every_call_and_touches_no_other(rule):
+    optim, params = _three_steps(pyroopt, rule)
     with torch.no_grad():
         params[1].data = torch.zeros(7)
     _grads(params, 3)
@@ -82,11 +87,7 @@ def test_a_parameter_that_changed_shape_fails_every_call_and_touches_no_other(ru
         _assert_same(_snapshot(optim, [params[0], params[2]]), before)
     # pyro.optim refuses the same call too (torch's step meets a state of another shape)
     pyro.clear_param_store()
-    theirs = _params()
-    reference = getattr(pyro.optim, rule)(dict(args))
-    for step in range(3):
-        _grads(theirs, step)
-        reference(theirs)
+    reference, theirs = _three_steps(pyro.optim, rule)
     with torch.no_grad():
         theirs[1].data = torch.zeros(7)
     _grads(theirs, 3)
@@ -96,12 +97,7 @@ def test_a_parameter_that_changed_shape_fails_every_call_and_touches_no_other(ru
 
 @pytest.mark.parametrize("rule", RULES)
 def test_a_gradient_of_the_wrong_size_is_refused_and_reaches_no_other_parameter(rule):
-    args = RULES[rule]
-    params = _params()
-    optim = getattr(pyroopt, rule)(dict(args))
-    for step in range(3):
-        _grads(params, step)
-        optim(params)
+    optim, params = _three_steps(pyroopt, rule)
     _grads(params, 3)
     params[2].grad.zero_()
     params[1].grad.data = torch.arange(1.0, 8.0)
