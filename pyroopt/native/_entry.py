@@ -196,7 +196,9 @@ def run_loop(
         min_per_thread,
     )
     written = lists if writes_grads else [lists[0], *lists[2:]]
-    mark_modified([t for ts in written for t in ts])
+    # Tuples are an engine's own views of its flat buffers, which no graph saves (the
+    # engine bumps its parameters' versions itself); every other tensor is marked.
+    mark_modified([t for ts in written if not isinstance(ts, tuple) for t in ts])
     return True
 
 
