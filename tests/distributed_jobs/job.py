@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -330,3 +331,10 @@ if __name__ == "__main__":
         if BACKEND == "torch" and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+    if BACKEND == "torch":
+        # Every result is written: leave without C++ static destruction, where gloo's
+        # threads still abort a rank now and then ("terminate called without an active
+        # exception", exit code -6, after every scenario had printed its "done").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
