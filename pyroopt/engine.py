@@ -341,6 +341,8 @@ class RuleBucket(Bucket):
         self.flat = layout = FlatLayout([p.shape for p in self.params], align=align)
         self.numel = layout.numel
         loose, self._loose = self._loose, {}
+        # the base rule's initial state is zeros, which a new buffer already holds
+        zero_start = type(self.rule).initial_state is UpdateRule.initial_state
         for k in self.keys:
             buffer = torch.zeros(layout.numel, dtype=first.dtype, device=first.device)
             views = layout.views(buffer)
@@ -348,6 +350,8 @@ class RuleBucket(Bucket):
             with torch.no_grad():
                 for p, view in zip(self.params, views, strict=True):
                     state = loose[p]
+                    if state is None and zero_start:
+                        continue
                     if state is None:  # a new member: its initial state, made here
                         view.copy_(self.rule.initial_state(p, self.group)[k])
                     else:  # taken out, so the old buffer goes once copied
