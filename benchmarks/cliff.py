@@ -12,8 +12,9 @@ Two tables:
   gradients, takes 3 steps and reports its peak RSS (``ru_maxrss``); the ``minimum``
   column makes the same parameters and gradients (three times, as the others do) and
   holds tensors as large as the optimizer's state, with no optimizer. Goal: pyroopt at
-  most pyro.optim's peak and within 5% of the minimum plus pyroopt's bounded scratch (the flat gradient buffer of a bucket of
-  small parameters, at most ``engine.FLAT_MAX_NUMEL`` elements).
+  most pyro.optim's peak and within 5% of the minimum plus pyroopt's bounded scratch
+  (the flat gradient buffer of a bucket of small parameters, at most
+  ``engine.FLAT_MAX_NUMEL`` elements).
 
 ``python -m benchmarks.cliff [--quick]`` prints both.
 """
