@@ -8,8 +8,9 @@ for MKL-backed ones like ``sqrt``) and MKL's inside its vector functions.
 
 ``torch.set_num_threads`` is *not* a way to keep them quiet: whatever the count, it also
 turns MKL's dynamic thread adjustment off for the whole process, for good. From then on
-the model's own small MKL operations open parallel regions: with the other core busy, ``torch.log`` on 100 floats went from 1.5 us to about
-0.7 ms, and Pyro's minipyro example from 1.7 s to 5.0 s.
+the model's own small MKL operations open parallel regions: with the other core busy,
+``torch.log`` on 100 floats went from 1.5 us to about 0.7 ms, and Pyro's minipyro
+example from 1.7 s to 5.0 s.
 
 :class:`SerialIfSmall` uses the two thread-local controls instead: OpenMP's
 ``omp_set_num_threads``, which sets the calling thread's own count (its ICV; torch reads
