@@ -76,3 +76,15 @@ def run(
 def fresh_store() -> None:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
+
+
+def assert_same_optimizer_state(actual: dict, expected: dict) -> None:
+    """Optimizer states (``{name: per-parameter state}``, as ``get_state`` gives them)
+    equal in every group key and, bit for bit, every tensor."""
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name]["param_groups"] == expected[name]["param_groups"], name
+        a, e = actual[name]["state"].get(0, {}), expected[name]["state"].get(0, {})
+        assert a.keys() == e.keys(), name
+        for key in e:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(e[key])), (name, key)

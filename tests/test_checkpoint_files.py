@@ -14,7 +14,7 @@ import time
 import pyro
 import pytest
 import torch
-from programs import fresh_store, run
+from programs import assert_same_optimizer_state, fresh_store, run
 
 import pyroopt
 from pyroopt import checkpoint
@@ -312,7 +312,7 @@ def test_state_of_another_optimizer_class_names_the_file(tmp_path):
     before = adam.get_state()
     with pytest.raises(ValueError, match=rf"^{path}: .*'a' has hyperparameters \['dampening'"):
         checkpoint.load_into(adam, path)
-    _assert_same_optimizer_state(adam.get_state(), before)
+    assert_same_optimizer_state(adam.get_state(), before)
 
 
 def test_state_shaped_unlike_the_parameters_names_the_file(tmp_path):
@@ -325,7 +325,7 @@ def test_state_shaped_unlike_the_parameters_names_the_file(tmp_path):
     before = optim.get_state()
     with pytest.raises(ValueError, match=rf"^{path}: .*'a'.*'exp_avg' has shape \(7,\)"):
         checkpoint.load_into(optim, path)
-    _assert_same_optimizer_state(optim.get_state(), before)
+    assert_same_optimizer_state(optim.get_state(), before)
 
 
 def test_pyro_optim_load_names_the_file_of_another_optimizer_class(tmp_path):
@@ -338,16 +338,6 @@ def test_pyro_optim_load_names_the_file_of_another_optimizer_class(tmp_path):
 
 
 # -- load_training: all or nothing --------------------------------------------------
-def _assert_same_optimizer_state(actual, expected):
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert actual[name]["param_groups"] == expected[name]["param_groups"], name
-        a, e = actual[name]["state"].get(0, {}), expected[name]["state"].get(0, {})
-        assert a.keys() == e.keys(), name
-        for key in e:
-            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(e[key])), (name, key)
-
-
 def _snapshot():
     store = pyro.get_param_store()
     params = {name: (p, p.detach().clone()) for name, p in store._params.items()}
@@ -385,7 +375,7 @@ def test_load_training_with_changed_shapes_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match=rf"^{path}: .*'a'.*shape \(3,\).*shape \(5,\)"):
         checkpoint.load_training(path, optim)
     _assert_unchanged(store_before)
-    _assert_same_optimizer_state(optim.get_state(), optim_before)
+    assert_same_optimizer_state(optim.get_state(), optim_before)
 
 
 def test_load_training_entries_for_unknown_names_wait(tmp_path):
@@ -420,7 +410,7 @@ def test_load_training_puts_the_store_back_when_the_optimizer_refuses(tmp_path, 
         checkpoint.load_training(path, optim)
     _assert_unchanged(before)
     monkeypatch.undo()
-    _assert_same_optimizer_state(optim.get_state(), optim_before)
+    assert_same_optimizer_state(optim.get_state(), optim_before)
 
 
 def test_load_training_names_the_file_of_a_damaged_rng_entry(tmp_path):

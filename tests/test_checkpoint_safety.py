@@ -26,7 +26,7 @@ import pyro
 import pyro.optim
 import pytest
 import torch
-from programs import Program, fresh_store, run
+from programs import Program, assert_same_optimizer_state, fresh_store, run
 from test_lr_scheduler import CASES as SCHEDULE_CASES
 from test_lr_scheduler import run_schedule
 
@@ -51,15 +51,16 @@ def _assert_params_equal(actual, expected):
         assert torch.equal(actual[name], expected[name]), name
 
 
-def _assert_same_state(actual, expected):
-    """Optimizer states ({name: per-parameter state}) equal in every group key and tensor."""
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert actual[name]["param_groups"] == expected[name]["param_groups"], name
-        a, e = actual[name]["state"].get(0, {}), expected[name]["state"].get(0, {})
-        assert a.keys() == e.keys(), name
-        for key in e:
-            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(e[key])), (name, key)
+def _three_steps_and_pyro_straight_through(steps):
+    """The program; pyro.optim's Adam run straight through ``steps`` steps (its last
+    record); and a pyroopt Adam after 3 steps of the same program."""
+    program = Program(shapes=PROGRAM_SHAPES)
+    fresh_store()
+    straight = run(lambda: pyro.optim.Adam({"lr": 0.05}), steps, program)[-1]
+    fresh_store()
+    optim = pyroopt.Adam({"lr": 0.05})
+    run(lambda: optim, 3, program, optim=optim)
+    return program, straight, optim
 
 
 def _generators():
@@ -114,13 +115,7 @@ def _damage_numpy_range(rng):
     ids=["torch-size", "torch-dtype", "python", "numpy-length", "numpy-range"],
 )
 def test_load_training_with_a_refused_rng_state_changes_nothing(tmp_path, float32, damage):
-    program = Program(shapes=PROGRAM_SHAPES)
-    fresh_store()
-    straight = run(lambda: pyro.optim.Adam({"lr": 0.05}), 7, program)[-1]
-
-    fresh_store()
-    optim = pyroopt.Adam({"lr": 0.05})
-    run(lambda: optim, 3, program, optim=optim)
+    program, straight, optim = _three_steps_and_pyro_straight_through(7)
     path = tmp_path / "train.pt"
     checkpoint.save_training(path, optim)
     run(lambda: optim, 1, program, start=3, optim=optim)
@@ -133,7 +128,7 @@ def test_load_training_with_a_refused_rng_state_changes_nothing(tmp_path, float3
     with pytest.raises(ValueError, match=rf"^{path}: its 'rng' entry") as info:
         checkpoint.load_training(path, optim)
     assert "refuses" in str(info.value) or "not the random generators" in str(info.value)
-    _assert_same_state(optim.get_state(), optim_before)
+    assert_same_optimizer_state(optim.get_state(), optim_before)
     _assert_params_equal(_params(), params_before)
     _assert_generators(generators)
     # and training goes on as pyro.optim's straight through the 7 steps
@@ -175,7 +170,7 @@ def test_load_training_names_the_file_of_an_error_from_the_param_store(tmp_path,
     with pytest.raises(RuntimeError, match=rf"^{path}: store refused"):
         checkpoint.load_training(path, optim)
     monkeypatch.undo()
-    _assert_same_state(optim.get_state(), optim_before)
+    assert_same_optimizer_state(optim.get_state(), optim_before)
     _assert_params_equal(_params(), params_before)
     _assert_generators(generators)
 
@@ -232,7 +227,7 @@ def test_set_state_refuses_a_bad_hyperparameter_and_changes_nothing(float32, key
     message = str(info.value)
     for part in ("'a'", repr(key), repr(value), "allowed: "):
         assert part in message, (part, message)
-    _assert_same_state(optim.get_state(), before)
+    assert_same_optimizer_state(optim.get_state(), before)
     _assert_params_equal(_params(), params)
 
 
@@ -247,7 +242,7 @@ def test_set_state_refuses_a_bad_state_entry_and_changes_nothing(float32, key, v
     message = str(info.value)
     for part in ("'a'", repr(key), repr(value), "allowed: "):
         assert part in message, (part, message)
-    _assert_same_state(optim.get_state(), before)
+    assert_same_optimizer_state(optim.get_state(), before)
 
 
 def test_a_state_under_another_index_is_refused():
@@ -259,12 +254,7 @@ def test_a_state_under_another_index_is_refused():
 
 
 def test_a_refused_state_in_a_file_names_the_file_and_training_goes_on_as_pyro(tmp_path, float32):
-    program = Program(shapes=PROGRAM_SHAPES)
-    fresh_store()
-    straight = run(lambda: pyro.optim.Adam({"lr": 0.05}), 6, program)[-1]
-    fresh_store()
-    optim = pyroopt.Adam({"lr": 0.05})
-    run(lambda: optim, 3, program, optim=optim)
+    program, straight, optim = _three_steps_and_pyro_straight_through(6)
     state = optim.get_state()
     state["w"]["param_groups"][0]["lr"] = "abc"
     path = tmp_path / "bad.pt"
@@ -372,7 +362,7 @@ def test_save_onto_the_longest_names_works_as_pyro_optim_s(tmp_path, basename):
         loaded = torch.load(folder / basename, weights_only=True)
         loaded.pop(checkpoint.METADATA_KEY, None)
         states.append(loaded)
-    _assert_same_state(states[1], states[0])
+    assert_same_optimizer_state(states[1], states[0])
 
 
 _HANGING_SAVE = textwrap.dedent(
@@ -573,7 +563,7 @@ def test_a_bad_map_location_is_named_and_nothing_changes(tmp_path, map_location,
         with pytest.raises(error, match=rf"^cannot load {path}: {says}") as info:
             load(path, map_location)
         assert "corrupt" not in str(info.value)
-    _assert_same_state(optim.get_state(), before)
+    assert_same_optimizer_state(optim.get_state(), before)
 
 
 def test_an_error_of_a_map_location_callable_is_its_own_and_names_the_file(tmp_path):
