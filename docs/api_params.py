@@ -43,7 +43,7 @@ PARAM_FIELD = re.compile(r"^(\s*):param\s+(?:[^:]*\s)?(?:\\?\*){0,2}(\w+)\s*:(.*
 FIELD = re.compile(r"^:\w+(\s[^:`]*)?:(\s|$)")
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "pyroopt.optim.is_scheduler": {
+    "pyroopt.lr_scheduler.is_scheduler": {
         "optimizer": "any object; a scheduler is one with an ``optimizer`` attribute, as "
         "torch's learning-rate schedulers have.",
     },
@@ -278,7 +278,7 @@ def _inherited_text(owner: type | None, obj: Any, param: str) -> str | None:
 def _factory_text(obj: Any, param: str) -> str | None:
     """``param``'s text for a factory: :data:`FACTORY_ARGUMENTS`, naming what it wraps."""
     from pyroopt import PyroLRScheduler, PyroOptim
-    from pyroopt.lr_scheduler import FACTORY_CLASSES
+    from pyroopt.factories import FACTORY_CLASSES
 
     if not inspect.isfunction(obj):
         return None

@@ -46,7 +46,7 @@ from pyroopt.factories import (
     StepLR,
     _LRScheduler,
 )
-from pyroopt.lr_scheduler import PyroLRScheduler
+from pyroopt.lr_scheduler import PyroLRScheduler, is_scheduler
 from pyroopt.multi import (
     MixedMultiOptimizer,
     MultiOptimizer,
@@ -55,7 +55,7 @@ from pyroopt.multi import (
     TorchMultiOptimizer,
     newton_step,
 )
-from pyroopt.optim import PyroOptim, is_scheduler
+from pyroopt.optim import PyroOptim
 
 # pyro.optim's submodules under the names pyro.optim gives them, as pyroopt's modules
 # that hold the same things (lr_scheduler, multi and optim have pyro's names already):

@@ -541,23 +541,6 @@ def apply_state(optim: Any, state: Mapping[str, Any], path: str) -> None:
         raise type(e)(f"{path}: {message}") from e
 
 
-def load_into(
-    optim: Any,
-    filename: str | os.PathLike[str],
-    map_location: Any = None,
-    *,
-    weights_only: bool = True,
-) -> None:
-    """Read ``filename`` (:func:`load_state`) and set it as ``optim``'s state.
-
-    What ``PyroOptim.load`` does, except that every error, including one that only
-    applying the state finds (a file of another optimizer, state shaped unlike its
-    parameter), names the file.
-    """
-    path = os.fspath(filename)
-    apply_state(optim, load_state(path, map_location, weights_only=weights_only), path)
-
-
 def _constraint_classes() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """Constraint classes a param store's state holds: plain data, safe to unpickle."""
     import pyro.distributions.constraints as pyro_constraints

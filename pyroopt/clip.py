@@ -135,3 +135,59 @@ def clip_global_norm_(grads: Sequence[Tensor], max_norm: float) -> Tensor:
         for device, group in by_device.items():
             torch._foreach_mul_(group, scale.to(device))
     return total
+
+
+def clip_step_(
+    stepped: Sequence[Any], clipped: Sequence[Any], *, track_norms: bool, global_norm: float | None
+) -> tuple[dict[Any, Tensor] | None, Tensor | None]:
+    """Clip the gradients of one optimizer step in place, as pyro.optim does and then
+    jointly (see the module docstring).
+
+    ``stepped``: every slot of the step (with ``.param``), in table order; ``clipped``:
+    those with per-parameter clip arguments (``.clip``). Returns each gradient's norm
+    before clipping by slot (``None`` where no norm was needed) and the joint norm
+    before ``global_norm`` clipped it (``None`` without it).
+    """
+    norm_clip: list[tuple[Tensor, float]] = []
+    value_clip: list[tuple[Tensor, float]] = []
+    for slot in clipped:
+        if slot.param.grad is not None:
+            if "clip_norm" in slot.clip:
+                norm_clip.append((slot.param.grad, slot.clip["clip_norm"]))
+            if "clip_value" in slot.clip:
+                value_clip.append((slot.param.grad, slot.clip["clip_value"]))
+    if not (track_norms or norm_clip or value_clip or global_norm is not None):
+        return None, None
+    with_grad = [slot for slot in stepped if slot.param.grad is not None]
+    norms = None
+    if track_norms or norm_clip:
+        values = grad_norms([slot.param.grad for slot in with_grad])
+        norms = dict(zip(with_grad, values, strict=True))
+        by_grad = {id(slot.param.grad): n for slot, n in norms.items()}
+        if norm_clip:
+            clip_norms_(
+                [g for g, _ in norm_clip],
+                [by_grad[id(g)] for g, _ in norm_clip],
+                [c for _, c in norm_clip],
+            )
+    if value_clip:
+        clip_values_([g for g, _ in value_clip], [c for _, c in value_clip])
+    joint = None
+    if global_norm is not None:
+        joint = clip_global_norm_([slot.param.grad for slot in with_grad], global_norm)
+    return norms, joint
+
+
+def all_finite(grads: Sequence[Tensor | None]) -> bool:
+    """Whether every gradient (a sparse one's stored values) is free of NaN and Inf,
+    in one sync per device."""
+    values = [g._values() if g.is_sparse else g for g in grads if g is not None]
+    values = [v for v in values if v.numel()]
+    # The max-norm cannot overflow for finite values, and is NaN or Inf otherwise.
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for v in values:
+        by_device.setdefault(v.device, []).append(v)
+    return all(
+        bool(torch.stack(list(torch._foreach_norm(group, float("inf")))).isfinite().all())
+        for group in by_device.values()
+    )

@@ -38,14 +38,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from pyroopt import dispatch
 from pyroopt._compat import get_scalar_dtype
+from pyroopt.dispatch import Implementation
 from pyroopt.flat import FlatLayout, Target, torch_alignment
 from pyroopt.interrupts import DeferInterrupts
 from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.kernels.base import Batch
 from pyroopt.native import _entry
-from pyroopt.registry import group_rule, is_group_safe, rule_for
+from pyroopt.registry import group_rule, rule_for
 from pyroopt.seating import FlatValues
 from pyroopt.serial import SerialIfSmall
 
@@ -119,8 +121,12 @@ class SparseGradients(Exception):
 class Bucket(ABC):
     """Parameters stepped together; the state API speaks per parameter."""
 
-    def __init__(self, constructor: Callable[..., Optimizer], group: Group) -> None:
+    def __init__(
+        self, constructor: Callable[..., Optimizer], group: Group, implementation: Implementation
+    ) -> None:
         self.constructor = constructor
+        #: what steps the bucket, and why (:mod:`pyroopt.dispatch` chose it)
+        self.implementation = implementation
         #: hyperparameters as the user asked for them (what the state format records)
         self.group = group
         self.params: list[Tensor] = []
@@ -130,15 +136,9 @@ class Bucket(ABC):
         self.sort_keys: list[Any] = []
         #: the shape each of ``params`` had when it joined: its state's shape
         self.shapes: list[torch.Size] = []
-        #: whether the hyperparameters are still as made (new parameters may join)
-        self.fresh = True
         #: the dtype and device every member has (set by the first)
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
-        #: Set by the caller just before :meth:`step` when no member has been given new
-        #: storage since the end of the bucket's previous step (the optimizer knows from
-        #: its plan); a bucket with flat values reads it, and clears it, in that step.
-        self.storage_unchanged = False
 
     def add(self, param: Tensor, sort_key: Any = None) -> int:
         """Make ``param`` a member; its position in ``params``.
@@ -185,11 +185,13 @@ class Bucket(ABC):
             return repr(key[1])
         return f"an unnamed parameter of shape {tuple(param.shape)}"
 
-    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True, steady: bool = False) -> None:
         """Raise before anything changes unless ``params`` (members, in bucket order)
         can be stepped; the optimizer checks every bucket of a call before it clips or
         steps any. ``gather``: the gradients will not change before the step (no
-        clipping), so a bucket may already copy them."""
+        clipping), so a bucket may already copy them. ``steady``: no member has been
+        given new storage since the end of the bucket's last step (the optimizer's plan
+        knows)."""
         live = [p for p in params if p.grad is not None]
         self.check_inputs(live, [p.grad for p in live])  # type: ignore[misc]
 
@@ -220,13 +222,19 @@ class Bucket(ABC):
         index = self.index
         return sorted(params, key=lambda p: index[id(p)])
 
+    def describe(self) -> str:
+        """What steps the bucket, and why (:meth:`pyroopt.PyroOptim.implementations`)."""
+        return str(self.implementation)
+
     def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` unless ``step`` takes these extra arguments."""
         _closure_only(self.constructor, args, kwargs)
 
     @abstractmethod
-    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
-        """Step ``params`` (members of this bucket, in bucket order) that have a gradient."""
+    def step(self, params: list[Tensor], *args: Any, steady: bool = False, **kwargs: Any) -> None:
+        """Step ``params`` (members of this bucket, in bucket order) that have a gradient;
+        ``args`` and ``kwargs`` go to the optimizer's ``step``, ``steady`` as for
+        :meth:`check`."""
 
     @abstractmethod
     def state_dict(self, param: Tensor) -> dict[str, Any]:
@@ -265,9 +273,21 @@ class Bucket(ABC):
 class RuleBucket(Bucket):
     """A pyroopt update rule over flat buffers that cover every parameter of the bucket."""
 
-    def __init__(self, constructor: Callable[..., Optimizer], group: Group, rule: UpdateRule):
-        super().__init__(constructor, group)
+    def __init__(
+        self,
+        constructor: Callable[..., Optimizer],
+        group: Group,
+        rule: UpdateRule,
+        implementation: Implementation | None = None,
+    ):
+        if implementation is None:  # made directly, not by make_bucket: the loop where it runs
+            kind = "native" if rule.has_native else "chain"
+            implementation = Implementation(kind, "bucket made directly")
+        super().__init__(constructor, group, implementation)
         self.rule = rule
+        #: steps on which the native loop declined a batch (tensors it cannot take:
+        #: non-contiguous parameters stepped one by one) and the torch-op chain ran it
+        self.chain_fallbacks = 0
         self.keys = rule.state_keys(group)
         self.steps: list[int] = []
         # Every member's state while the flat buffers are out of date (members joined
@@ -281,7 +301,24 @@ class RuleBucket(Bucket):
         #: what :meth:`check` found for the coming step: "steady", "checked" or None
         self._checked: str | None = None
         # the flat values known intact at the end of the last step (None: not known)
-        self._verified: FlatValues | None = None
+        self._known_intact: FlatValues | None = None
+
+    def follow(self, group: Group) -> None:
+        """Read the hyperparameters from ``group`` from now on, live: the caller's own
+        dict (a param group of :mod:`pyroopt.torch`), which its user may edit between
+        steps."""
+        self.group = group
+        if self._target is not None:
+            self._target.param_groups = [group]
+
+    def describe(self) -> str:
+        said = super().describe()
+        if self.chain_fallbacks:
+            said += (
+                f" ({self.chain_fallbacks} steps by the torch-op chain: tensors the loop "
+                "cannot take)"
+            )
+        return said
 
     def schedule_target(self) -> Optimizer:
         if self._target is None:
@@ -296,7 +333,7 @@ class RuleBucket(Bucket):
             self._views = {k: tuple(self.flat.views(buffer)) for k, buffer in self._flat.items()}
         self._scratch = None
         if self._values is not None:
-            self._values = self._verified = None
+            self._values = self._known_intact = None
             self._reseat()
 
     # -- layout -----------------------------------------------------------------
@@ -388,7 +425,7 @@ class RuleBucket(Bucket):
         return self._scratch
 
     # -- stepping ---------------------------------------------------------------
-    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True, steady: bool = False) -> None:
         """Raise before anything changes unless ``params``' gradients can be stepped.
 
         A steady call (every member, the flat values verified at the end of the last
@@ -401,7 +438,7 @@ class RuleBucket(Bucket):
         assignment to ``.grad.data`` can make, is cast by the steady gather.
         """
         self._checked = None
-        if gather and self._steady(params) and self._gather_steady(params):
+        if gather and self._steady(params, steady) and self._gather_steady(params):
             self._checked = "gathered"
             return
         grads = [p.grad for p in params]
@@ -411,17 +448,19 @@ class RuleBucket(Bucket):
         self.check_inputs([p for p, _ in live], [g for _, g in live])
         self._checked = "checked"
 
-    def _steady(self, params: list[Tensor]) -> bool:
+    def _steady(self, params: list[Tensor], steady: bool) -> bool:
+        """Whether a call passing ``params`` steps every member on flat values known
+        intact at the end of the last step (``steady``: no storage changed since)."""
         values = self._values
         return (
-            self.storage_unchanged
+            steady
             and values is not None
-            and values is self._verified
+            and values is self._known_intact
             and not self._loose
             and len(params) == len(self.params)
         )
 
-    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+    def step(self, params: list[Tensor], *args: Any, steady: bool = False, **kwargs: Any) -> None:
         """Step ``params``, checked by :meth:`check` (again here after a closure, which
         makes new gradients). The writes (layout, values, state, step counts, the
         group's ``lr`` under ``lrd``) are one unit: an exception before the update
@@ -434,13 +473,13 @@ class RuleBucket(Bucket):
                 closure()
             self._checked = None  # new gradients
         if self._checked is None:
-            self.check(params)
-        gathered = self._checked == "gathered" and self._steady(params)
-        self._checked, self.storage_unchanged = None, False
+            self.check(params, steady=steady)
+        gathered = self._checked == "gathered" and self._steady(params, steady)
+        self._checked = None
         if gathered:  # every gradient present, in the flat gradient buffer
             live, grads = params, []
         else:
-            self._verified = None
+            self._known_intact = None
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
         steps, group = self.steps, dict(self.group)
@@ -460,7 +499,7 @@ class RuleBucket(Bucket):
         except BaseException:
             self.steps = steps
             self.group.update(group)
-            self._verified = None
+            self._known_intact = None
             raise
 
     def _gather_steady(self, params: list[Tensor]) -> bool:
@@ -499,7 +538,7 @@ class RuleBucket(Bucket):
         gradient buffer already (:meth:`_gather_steady`)."""
         # Known intact at the end of the last step, and no storage changed since: the
         # check (a data pointer per parameter) is not needed.
-        if self._values is not self._verified and not self._values.intact():  # type: ignore[union-attr]
+        if self._values is not self._known_intact and not self._values.intact():  # type: ignore[union-attr]
             self._reseat()  # a parameter was given new storage: take its values
         values = self._values
         assert values is not None
@@ -532,7 +571,7 @@ class RuleBucket(Bucket):
             self.rule.update(batch, self.group, per_param)
         values.stored()
         self.steps = steps
-        self._verified = values
+        self._known_intact = values
 
     def _span(self, first: int, stop: int) -> slice:
         """The slice of the flat buffers that members ``first`` to ``stop - 1`` cover
@@ -557,8 +596,14 @@ class RuleBucket(Bucket):
         self.steps = steps
 
     def _native(self, batch: Batch) -> bool:
-        """Run the rule's native loop; ``False`` (nothing changed) if it cannot run."""
-        return self.rule.has_native and self.rule.native_update(batch, self.group)
+        """Run the rule's native loop where it was chosen; ``False`` (nothing changed)
+        if it cannot run this batch (counted in :attr:`chain_fallbacks`)."""
+        if self.implementation.kind != "native":
+            return False
+        if self.rule.native_update(batch, self.group):
+            return True
+        self.chain_fallbacks += 1
+        return False
 
     # -- state ------------------------------------------------------------------
     def state_dict(self, param: Tensor) -> dict[str, Any]:
@@ -701,8 +746,10 @@ def _closure_only(
 class TorchBucket(Bucket):
     """One torch optimizer over the whole bucket, with torch's default implementation."""
 
-    def __init__(self, constructor: Callable[..., Optimizer], group: Group):
-        super().__init__(constructor, group)
+    def __init__(
+        self, constructor: Callable[..., Optimizer], group: Group, implementation: Implementation
+    ):
+        super().__init__(constructor, group, implementation)
         self.optimizer: Optimizer | None = None
         # Whether the optimizer makes its state when constructed rather than on its
         # first step (torch 2.4's Adagrad), so a parameter that joins needs it made.
@@ -729,7 +776,7 @@ class TorchBucket(Bucket):
         super().remove(param)
         self.optimizer.param_groups[0]["params"] = self.params
 
-    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+    def step(self, params: list[Tensor], *args: Any, steady: bool = False, **kwargs: Any) -> None:
         assert self.optimizer is not None
         group = self.optimizer.param_groups[0]
         group["params"] = params
@@ -773,8 +820,10 @@ class TorchBucket(Bucket):
 class PerParamBucket(Bucket):
     """One optimizer per parameter, as pyro.optim builds them, for unknown constructors."""
 
-    def __init__(self, constructor: Callable[..., Optimizer], group: Group):
-        super().__init__(constructor, group)
+    def __init__(
+        self, constructor: Callable[..., Optimizer], group: Group, implementation: Implementation
+    ):
+        super().__init__(constructor, group, implementation)
         self.optimizers: dict[int, Optimizer] = {}  # by id(param)
 
     def add(self, param: Tensor, sort_key: Any = None) -> int:
@@ -796,10 +845,10 @@ class PerParamBucket(Bucket):
     def check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Any: an optimizer pyroopt does not know may take arguments of its own."""
 
-    def check(self, params: list[Tensor], *, gather: bool = True) -> None:
+    def check(self, params: list[Tensor], *, gather: bool = True, steady: bool = False) -> None:
         """Nothing: an optimizer pyroopt does not know checks its own inputs."""
 
-    def step(self, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
+    def step(self, params: list[Tensor], *args: Any, steady: bool = False, **kwargs: Any) -> None:
         for p in params:
             self.optimizers[id(p)].step(*args, **kwargs)
 
@@ -880,23 +929,20 @@ def _with_group(state_dict: Mapping[str, Any], group: Group) -> dict[str, Any]:
 # -- choosing a bucket ------------------------------------------------------------------
 
 
-def make_bucket(constructor: Callable[..., Optimizer], group: Group, param: Tensor) -> Bucket:
-    """The fastest bucket that computes what ``constructor(**group)`` computes."""
-    rule = rule_for(constructor)
-    user_chose = group.get("foreach") is not None or group.get("fused") is not None
-    if (
-        rule is not None
-        and not user_chose
-        and rule.supports(group)
-        and param.is_floating_point()
-        # torch's CPU half-type kernels round an element by where it sits in its tensor
-        # and thread chunk: only the parameter's own tensor reproduces them
-        and rule.exact_on_flat(param)
-    ):
-        return RuleBucket(constructor, group, rule)
-    if is_group_safe(constructor):
-        return TorchBucket(constructor, group)
-    return PerParamBucket(constructor, group)
+def make_bucket(
+    constructor: Callable[..., Optimizer], group: Group, param: Tensor, *, sparse: bool = False
+) -> Bucket:
+    """The fastest bucket that computes what ``constructor(**group)`` computes for
+    ``param`` (``sparse``: for its sparse gradients), as :func:`pyroopt.dispatch.choose`
+    decides."""
+    chosen = dispatch.choose(constructor, group, param, sparse=sparse)
+    if chosen.kind in ("native", "chain"):
+        rule = rule_for(constructor)
+        assert rule is not None
+        return RuleBucket(constructor, group, rule, chosen)
+    if chosen.kind == "torch":
+        return TorchBucket(constructor, group, chosen)
+    return PerParamBucket(constructor, group, chosen)
 
 
 def full_group(
@@ -904,7 +950,8 @@ def full_group(
 ) -> Group:
     """Every hyperparameter ``constructor`` would hold for ``args`` (defaults filled in).
 
-    Raises ``TypeError`` naming an argument the constructor does not take.
+    Raises ``TypeError`` naming an argument the constructor does not take, and whatever
+    the constructor raises for a bad value.
     """
     try:
         accepted = inspect.signature(constructor).parameters
@@ -918,7 +965,40 @@ def full_group(
             allowed = [n for n in accepted if n != "params"]
             name = getattr(constructor, "__name__", repr(constructor))
             raise TypeError(f"optim_args: {name} does not take {unknown}; it takes {allowed}")
+    defaults = _rule_defaults(constructor, args)
+    if defaults is not None:
+        return defaults
     return hyperparameters(constructor([param], **args))
+
+
+#: the parameter list torch's ``Optimizer.__init__`` refuses after it set ``defaults``
+_EMPTY = "optimizer got an empty parameter list"
+
+
+def _rule_defaults(constructor: Callable[..., Optimizer], args: Mapping[str, Any]) -> Group | None:
+    """The hyperparameters of ``constructor(params, **args)``'s one group, read without
+    building an optimizer, for the classes pyroopt steps with its own rules.
+
+    Building any torch optimizer imports ``torch._dynamo`` (``add_param_group`` is
+    wrapped by ``torch._disable_dynamo``): one to four seconds at a program's first
+    step, which pyroopt's own rules never need. The class's ``__init__`` runs with an
+    empty parameter list instead: it checks every argument as usual and hands its
+    defaults to ``Optimizer.__init__``, which keeps them and then refuses the empty
+    list before adding a group; a one-parameter group is exactly those defaults. Where
+    that does not hold (another torch, ``foreach``/``fused``, whose checks follow
+    ``Optimizer.__init__``), ``None``: the caller builds the optimizer.
+    """
+    if rule_for(constructor) is None or any(args.get(k) is not None for k in ("foreach", "fused")):
+        return None
+    cls: Any = constructor  # a class: only classes have rules
+    probe = cls.__new__(cls)
+    try:
+        cls.__init__(probe, [], **args)
+    except ValueError as refused:
+        defaults = getattr(probe, "defaults", None)
+        if str(refused) == _EMPTY and isinstance(defaults, dict):
+            return dict(defaults)
+    return None
 
 
 def bucket_key(constructor: Any, group: Group, param: Tensor) -> Hashable:

@@ -10,13 +10,14 @@ SVI's step does not provide (as in pyro.optim).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from pyroopt import optimizers
-from pyroopt.lr_scheduler import FACTORY_CLASSES, PyroLRScheduler
+from pyroopt.lr_scheduler import PyroLRScheduler
 from pyroopt.optim import ArgsSpec, PyroOptim
 
 
@@ -781,24 +782,23 @@ def _LRScheduler(
     )
 
 
-FACTORY_CLASSES.update(
-    {
-        LambdaLR: torch_schedulers.LambdaLR,
-        MultiplicativeLR: torch_schedulers.MultiplicativeLR,
-        StepLR: torch_schedulers.StepLR,
-        MultiStepLR: torch_schedulers.MultiStepLR,
-        ConstantLR: torch_schedulers.ConstantLR,
-        LinearLR: torch_schedulers.LinearLR,
-        ExponentialLR: torch_schedulers.ExponentialLR,
-        PolynomialLR: torch_schedulers.PolynomialLR,
-        CosineAnnealingLR: torch_schedulers.CosineAnnealingLR,
-        CosineAnnealingWarmRestarts: torch_schedulers.CosineAnnealingWarmRestarts,
-        CyclicLR: torch_schedulers.CyclicLR,
-        OneCycleLR: torch_schedulers.OneCycleLR,
-        ReduceLROnPlateau: torch_schedulers.ReduceLROnPlateau,
-        SequentialLR: torch_schedulers.SequentialLR,
-        ChainedScheduler: torch_schedulers.ChainedScheduler,
-        LRScheduler: torch_schedulers.LRScheduler,
-        _LRScheduler: torch_schedulers._LRScheduler,
-    }
-)
+#: pyroopt's scheduler factories (``pyroopt.StepLR`` ...) -> torch's scheduler classes
+FACTORY_CLASSES: dict[Callable[..., Any], type] = {
+    LambdaLR: torch_schedulers.LambdaLR,
+    MultiplicativeLR: torch_schedulers.MultiplicativeLR,
+    StepLR: torch_schedulers.StepLR,
+    MultiStepLR: torch_schedulers.MultiStepLR,
+    ConstantLR: torch_schedulers.ConstantLR,
+    LinearLR: torch_schedulers.LinearLR,
+    ExponentialLR: torch_schedulers.ExponentialLR,
+    PolynomialLR: torch_schedulers.PolynomialLR,
+    CosineAnnealingLR: torch_schedulers.CosineAnnealingLR,
+    CosineAnnealingWarmRestarts: torch_schedulers.CosineAnnealingWarmRestarts,
+    CyclicLR: torch_schedulers.CyclicLR,
+    OneCycleLR: torch_schedulers.OneCycleLR,
+    ReduceLROnPlateau: torch_schedulers.ReduceLROnPlateau,
+    SequentialLR: torch_schedulers.SequentialLR,
+    ChainedScheduler: torch_schedulers.ChainedScheduler,
+    LRScheduler: torch_schedulers.LRScheduler,
+    _LRScheduler: torch_schedulers._LRScheduler,
+}

@@ -11,7 +11,7 @@ parameters of one bucket, all first seen in the same epoch. ``SequentialLR`` and
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import pyro.optim
@@ -20,18 +20,28 @@ from torch.optim import lr_scheduler as torch_schedulers
 
 from pyroopt import checkpoint
 from pyroopt.engine import Bucket, PerParamBucket, freeze
-from pyroopt.optim import ArgsSpec, PyroOptim, _ParamOptimizerView
+from pyroopt.optim import PyroOptim
+from pyroopt.param_args import ArgsSpec
 from pyroopt.params import Slot
+from pyroopt.placement import Schedules
+from pyroopt.views import ParamSchedulerView
 
 #: Schedulers built from child schedules rather than wrapping an optimizer directly.
 COMPOSITE = ("SequentialLR", "ChainedScheduler")
 
-#: pyroopt's scheduler factories (``pyroopt.StepLR`` ...) -> torch's scheduler classes
-FACTORY_CLASSES: dict[Callable[..., Any], type] = {}
+
+def is_scheduler(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a learning-rate scheduler (it wraps an ``.optimizer``).
+
+    Duck-typed like pyro.optim's, since torch has no public base for all schedulers.
+    """
+    return hasattr(optimizer, "optimizer")
 
 
 def scheduler_class(spec: Any) -> type:
     """The torch scheduler class of ``spec``: the class itself or a pyroopt factory."""
+    from pyroopt.factories import FACTORY_CLASSES  # the factories build schedulers of this module
+
     cls = FACTORY_CLASSES.get(spec, spec)
     if not (isinstance(cls, type) and _is_scheduler_class(cls)):
         raise TypeError(
@@ -114,17 +124,17 @@ class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
         _check_kwargs(cls, kwargs, "optim_args")
         if cls.__name__ in COMPOSITE:
             kwargs["schedulers"] = self._children(cls, kwargs.get("schedulers"))
+        self.pt_scheduler_constructor = cls
+        self.kwargs = kwargs  # as pyro.optim names it: the scheduler's own arguments
+        self._schedules = CohortSchedules(cls, kwargs)
         super().__init__(
             optim_args["optimizer"],
             optim_args["optim_args"],
             clip_args,
             track_grad_norms=track_grad_norms,
             skip_nonfinite=skip_nonfinite,
+            schedules=self._schedules,
         )
-        self.pt_scheduler_constructor = cls
-        self.kwargs = kwargs  # as pyro.optim names it: the scheduler's own arguments
-        self._epoch = 0
-        self._schedulers: dict[Bucket, Any] = {}
 
     @staticmethod
     def _children(cls: type, children: Any) -> list[tuple[type, dict[str, Any]]]:
@@ -145,48 +155,6 @@ class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
             out.append((child_cls, child_kwargs))
         return out
 
-    # -- schedules per cohort ---------------------------------------------------------
-    def _build(self, target: torch.optim.Optimizer) -> Any:
-        kwargs = dict(self.kwargs)
-        if self.pt_scheduler_constructor.__name__ in COMPOSITE:
-            kwargs["schedulers"] = [cls(target, **kw) for cls, kw in kwargs["schedulers"]]
-            if self.pt_scheduler_constructor is torch_schedulers.ChainedScheduler:
-                kwargs["optimizer"] = target
-                return self.pt_scheduler_constructor(**kwargs)
-        return self.pt_scheduler_constructor(target, **kwargs)
-
-    # Schedules keep their own entries in the groups they drive.
-    _group_keys_added = frozenset(
-        {"initial_lr", "max_lr", "min_lr", "base_lr", "base_momentum", "max_momentum"}
-    )
-
-    def _optimizer_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
-        return state["optimizer"]
-
-    def _cohort(self, state: Any) -> Hashable:
-        # Parameters share a schedule only if they would have run it in step: the same
-        # epoch of first appearance, or the same saved schedule state.
-        cohort = ("epoch", self._epoch) if state is None else ("saved", freeze(state["scheduler"]))
-        return cohort
-
-    def _attach(self, bucket: Bucket, state: Any) -> None:
-        if isinstance(bucket, PerParamBucket):
-            # one optimizer per parameter: its bucket must stay a bucket of one
-            bucket.fresh = False
-        scheduler = self._build(bucket.schedule_target())
-        if state is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        self._schedulers[bucket] = scheduler
-
-    def _copy_attachment(self, source: Bucket, target: Bucket) -> None:
-        scheduler = self._build(target.schedule_target())
-        scheduler.load_state_dict(self._schedulers[source].state_dict())
-        self._schedulers[target] = scheduler
-
-    def _drop_empty_buckets(self) -> None:
-        super()._drop_empty_buckets()
-        self._schedulers = {b: s for b, s in self._schedulers.items() if b.params}
-
     # -- public API -------------------------------------------------------------------
     def step(self, *args: Any, **kwargs: Any) -> None:
         """Advance the schedule of every parameter seen so far by one epoch.
@@ -199,7 +167,7 @@ class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
         """
         self._check_step_args(args, kwargs)
         with self._lock:
-            schedulers = list(self._schedulers.values())
+            schedulers = list(self._schedules.by_bucket.values())
             saved = [_snapshot(scheduler) for scheduler in schedulers]
             try:
                 for scheduler in schedulers:
@@ -208,9 +176,8 @@ class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
                 for scheduler, snapshot in zip(schedulers, saved, strict=True):
                     _restore(scheduler, snapshot)
                 raise
-            for bucket in self._buckets:
-                bucket.fresh = False
-            self._epoch += 1
+            self._placement.close_all()  # parameters that appear now start a new cohort
+            self._schedules.epoch += 1
 
     def _check_step_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` unless :meth:`step` can take these arguments."""
@@ -245,17 +212,71 @@ class PyroLRScheduler(PyroOptim, pyro.optim.PyroLRScheduler):
         """``{param_name: {"scheduler": ..., "optimizer": ...}}``, as pyro.optim gives it."""
         return super().get_state()
 
-    def _param_state(self, slot: Any) -> Any:
+
+class CohortSchedules(Schedules):
+    """A schedule per bucket, for the parameters of one *cohort*: those first seen in
+    the same epoch (or restored from the same saved schedule state), which would have
+    run their schedules in step under pyro.optim. A saved entry is
+    ``{"scheduler": ..., "optimizer": ...}``, as pyro.optim saves it."""
+
+    # Schedules keep their own entries in the groups they drive.
+    group_keys_added = frozenset(
+        {"initial_lr", "max_lr", "min_lr", "base_lr", "base_momentum", "max_momentum"}
+    )
+
+    def __init__(self, cls: type, kwargs: Mapping[str, Any]) -> None:
+        self.cls = cls
+        self.kwargs = kwargs
+        #: epochs stepped so far (:meth:`PyroLRScheduler.step`)
+        self.epoch = 0
+        self.by_bucket: dict[Bucket, Any] = {}
+
+    def build(self, target: torch.optim.Optimizer) -> Any:
+        """The schedule over ``target``, a bucket's optimizer."""
+        kwargs = dict(self.kwargs)
+        if self.cls.__name__ in COMPOSITE:
+            kwargs["schedulers"] = [cls(target, **kw) for cls, kw in kwargs["schedulers"]]
+            if self.cls is torch_schedulers.ChainedScheduler:
+                kwargs["optimizer"] = target
+                return self.cls(**kwargs)
+        return self.cls(target, **kwargs)
+
+    def check_entry(self, name: Any, entry: Any, where: str) -> None:
+        checkpoint.check_scheduler_state(name, entry, where)
+
+    def optimizer_state(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+        return entry["optimizer"]
+
+    def entry(self, bucket: Bucket, param: Any) -> Any:
         return {
-            "scheduler": self._schedulers[slot.bucket].state_dict(),
-            "optimizer": slot.bucket.state_dict(slot.param),
+            "scheduler": self.by_bucket[bucket].state_dict(),
+            "optimizer": bucket.state_dict(param),
         }
 
-    def _check_state(self, name: Any, state: Any, where: str) -> None:
-        checkpoint.check_scheduler_state(name, state, where)
+    def cohort(self, entry: Any) -> Hashable:
+        if entry is None:
+            return ("epoch", self.epoch)
+        return ("saved", freeze(entry["scheduler"]))
 
-    def _view(self, slot: Any) -> Any:
-        return _ParamSchedulerView(self._schedulers[slot.bucket], self, slot)
+    def attach(self, bucket: Bucket, entry: Any) -> bool:
+        scheduler = self.build(bucket.schedule_target())
+        if entry is not None:
+            scheduler.load_state_dict(entry["scheduler"])
+        self.by_bucket[bucket] = scheduler
+        # one optimizer per parameter: a schedule drives one, so no other may join
+        return not isinstance(bucket, PerParamBucket)
+
+    def copy(self, source: Bucket, target: Bucket) -> None:
+        scheduler = self.build(target.schedule_target())
+        scheduler.load_state_dict(self.by_bucket[source].state_dict())
+        self.by_bucket[target] = scheduler
+
+    def keep_only(self, buckets: list[Bucket]) -> None:
+        alive = set(buckets)
+        self.by_bucket = {b: s for b, s in self.by_bucket.items() if b in alive}
+
+    def view(self, optim: Any, slot: Slot) -> Any:
+        return ParamSchedulerView(self.by_bucket[slot.bucket], optim, slot)
 
 
 def _snapshot(scheduler: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -270,18 +291,3 @@ def _restore(scheduler: Any, snapshot: tuple[dict[str, Any], list[dict[str, Any]
     for group, saved in zip(scheduler.optimizer.param_groups, groups, strict=True):
         group.clear()  # the same dict: buckets read their hyperparameters from it
         group.update(saved)
-
-
-class _ParamSchedulerView:
-    """One parameter's scheduler, as pyro.optim users reach into ``optim_objs[p]``."""
-
-    def __init__(self, scheduler: Any, optim: PyroOptim, slot: Slot) -> None:
-        self._scheduler = scheduler
-        self.optimizer = _ParamOptimizerView(optim, slot)
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = self._scheduler.state_dict()
-        return state
-
-    def get_last_lr(self) -> list[float]:
-        return [float(self.optimizer.param_groups[0]["lr"])]

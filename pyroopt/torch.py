@@ -169,7 +169,7 @@ class _GroupPlan:
                 bucket = make_bucket(constructor, hyper, p)
                 copy: Group | None = hyper
                 if isinstance(bucket, RuleBucket) and not (self.advancing and self.buckets):
-                    bucket.group = group  # reads lr etc. from the user's dict, live
+                    bucket.follow(group)  # reads lr etc. from the user's dict, live
                     copy = None
                 by_kind[key] = bucket
                 self.buckets.append(bucket)
@@ -224,7 +224,8 @@ class _GroupPlan:
         parameters and state: torch's SGD and Adagrad step sparse gradients, which
         pyroopt's rules do not. The replacement lasts as long as the plan."""
         old = self.buckets[index]
-        new = TorchBucket(old.constructor, _hyper(self.group))
+        new = make_bucket(old.constructor, _hyper(self.group), old.params[0], sparse=True)
+        assert isinstance(new, TorchBucket)
         for p in old.params:
             saved = old.state_dict(p)
             new.add(p)
@@ -786,7 +787,8 @@ class _EngineOptimizer(Optimizer):
                 plan.params_list = group["params"]
                 for bucket, copy in zip(plan.buckets, plan.copies, strict=True):
                     if copy is None:
-                        bucket.group = group
+                        assert isinstance(bucket, RuleBucket)
+                        bucket.follow(group)
                 hyper = _hyper(group)
                 for p in plan.params_list:
                     if loaded.get(p):

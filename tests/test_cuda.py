@@ -130,7 +130,7 @@ def test_parameters_are_seated_in_a_cuda_buffer(dtype):
         pyro.param(name, torch.full(shape, 0.5 + i))
     program = Program(shapes=shapes, no_grad_at={}, not_passed_at={})
     run(lambda: optim, 3, program)
-    (bucket,) = optim._buckets
+    (bucket,) = optim._placement.buckets
     assert bucket.device == CUDA and bucket.dtype == dtype
     values = bucket._values
     assert values is not None, "small parameters should run on flat buffers"
@@ -195,7 +195,7 @@ def test_cpu_checkpoint_steps_cuda_parameters(tmp_path):
     second = pyroopt.Adam({"lr": 0.05})
     second.load(tmp_path / "cpu.pt")  # no map_location: the state is on the CPU
     after = run(lambda: second, 3, start=6, optim=second)
-    for bucket in second._buckets:
+    for bucket in second._placement.buckets:
         assert bucket.device == CUDA
         for flat in getattr(bucket, "_flat", {}).values():
             assert flat.device == CUDA
@@ -229,7 +229,7 @@ def test_mixed_cpu_and_cuda_parameters(name, args, dtype):
     fresh_store()
     optim = getattr(pyroopt, name)(args)
     run(lambda: optim, 10, MixedProgram())
-    assert {b.device.type for b in optim._buckets} == {"cpu", "cuda"}
+    assert {b.device.type for b in optim._placement.buckets} == {"cpu", "cuda"}
 
 
 @pytest.mark.parametrize("clip", [{"clip_norm": 0.3}, {"skip_nonfinite": True}])

@@ -98,7 +98,7 @@ def test_schedule_matches_pyro_optim(name, cls, kwargs, dtype):
     assert_same_history(expected, actual)
     assert sched.get_last_lr() == actual[-1][0]
     # cohorts: one bucket for the parameters of epoch 0, another for 'late'
-    assert len(sched._buckets) <= 3
+    assert len(sched._placement.buckets) <= 3
 
 
 def _torch_lrs(make_scheduler, epochs):

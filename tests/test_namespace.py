@@ -87,7 +87,7 @@ def test_pyroopt_classes_derive_from_pyros():
 def factory_args(name):
     """Arguments each factory takes (objects are built lazily: these are enough)."""
     pyro_factory, ours = getattr(pyro.optim, name), getattr(pyroopt, name)
-    scheduler = ours in pyroopt.lr_scheduler.FACTORY_CLASSES
+    scheduler = ours in pyroopt.factories.FACTORY_CLASSES
     if not scheduler:
         return pyro_factory, ours, {"lr": 0.01}
     args = {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.01}}
@@ -241,9 +241,9 @@ def test_scheduler_step_from_another_thread_waits_for_the_lock():
         sched(list(params))
     thread.join()
     assert errors == []
-    assert sched._epoch == epochs
+    assert sched._schedules.epoch == epochs
     # each schedule ran from the epoch its parameter appeared in, not beyond the last
-    assert all(0 <= s.last_epoch <= epochs for s in sched._schedulers.values())
+    assert all(0 <= s.last_epoch <= epochs for s in sched._schedules.by_bucket.values())
     assert len(sched.learning_rates()) == len(params)
 
 
@@ -258,18 +258,19 @@ def test_scheduler_step_is_all_or_nothing():
     goes back to where it was."""
     sched = scheduler("LambdaLR", lr_lambda=refuse_epoch_one)
     sched([new_param(0)])
-    sched._schedulers[next(iter(sched._schedulers))].last_epoch = 1  # past the refusal
+    (first,) = sched._schedules.by_bucket.values()
+    first.last_epoch = 1  # past the refusal
     sched.step()
     sched([new_param(0), new_param(1)])  # a second schedule, at epoch 0: it refuses next
-    before = {k: s.state_dict() for k, s in sched._schedulers.items()}
+    before = {k: s.state_dict() for k, s in sched._schedules.by_bucket.items()}
     lrs = sched.learning_rates()
     assert len(before) == 2
     with pytest.raises(ValueError, match="refuses epoch 1"):
         sched.step()
     assert sched.learning_rates() == lrs
-    for key, s in sched._schedulers.items():
+    for key, s in sched._schedules.by_bucket.items():
         assert s.state_dict() == before[key]
-    assert sched._epoch == 1
+    assert sched._schedules.epoch == 1
 
 
 @pytest.mark.parametrize(
@@ -281,13 +282,13 @@ def test_plateau_metric_is_checked_before_any_schedule_moves(args, kwargs):
     sched = scheduler("ReduceLROnPlateau", patience=0)
     sched([new_param(0)])
     sched.step(1.0)
-    state = [s.state_dict() for s in sched._schedulers.values()]
+    state = [s.state_dict() for s in sched._schedules.by_bucket.values()]
     with pytest.raises(TypeError, match=r"ReduceLROnPlateau\.step"):
         sched.step(*args, **kwargs)
-    assert [s.state_dict() for s in sched._schedulers.values()] == state
+    assert [s.state_dict() for s in sched._schedules.by_bucket.values()] == state
     sched.step(torch.tensor(2.0))  # a one-element tensor is a metric
     sched.step(metrics=3.0)
-    assert sched._epoch == 3
+    assert sched._schedules.epoch == 3
 
 
 def test_every_multi_optimizer_is_an_instance_of_pyros_and_runs_none_of_its_code():

@@ -54,7 +54,7 @@ def test_a_resumed_optimizer_steps_on_the_flat_path_with_pyro_optims_numbers(tmp
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
     # what runs: one bucket, every parameter seated in its flat buffer
-    (bucket,) = resumed._buckets
+    (bucket,) = resumed._placement.buckets
     params = _store_params(sorted(pyro.get_param_store().keys()))
     assert bucket._values is not None and bucket._values.seated == params
 
@@ -84,8 +84,8 @@ def test_late_parameters_join_one_bucket_and_keep_pyro_optims_numbers(rule, args
     optim, ours = _late_run(pyroopt, rule=rule, args=args)
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
-    assert len(optim._buckets) == 1
-    (bucket,) = optim._buckets
+    assert len(optim._placement.buckets) == 1
+    (bucket,) = optim._placement.buckets
     assert bucket._values is not None and len(bucket._values.seated) == len(ours)
 
 
@@ -98,4 +98,4 @@ def test_late_parameters_under_a_decaying_lr_get_a_bucket_per_phase():
     optim, ours = _late_run(pyroopt, n=12, rule="ClippedAdam", args=args)
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
-    assert len(optim._buckets) == 12
+    assert len(optim._placement.buckets) == 12

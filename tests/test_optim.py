@@ -215,10 +215,10 @@ def test_engine_picks_the_bucket_and_honours_user_choice(constructor, args, kind
     fresh_store()
     optim = pyroopt.PyroOptim(constructor, args)
     run(lambda: optim, 3)
-    buckets = {type(s.bucket) for s in optim._table}
+    buckets = {type(s.bucket) for s in optim._placement.table}
     assert buckets == {kind}
     if kind is TorchBucket:
-        group = optim._buckets[0].optimizer.param_groups[0]
+        group = optim._placement.buckets[0].optimizer.param_groups[0]
         for key in ("foreach", "fused"):
             if key in args:
                 assert group[key] is args[key]
@@ -234,7 +234,7 @@ def test_buckets_group_parameters_by_args():
     fresh_store()
     optim = pyroopt.Adam(lambda name: {"lr": 0.1 if name == "a" else 0.2})
     run(lambda: optim, 2)
-    assert len(optim._buckets) == 2
+    assert len(optim._placement.buckets) == 2
     lrs = optim.learning_rates()
     assert lrs["a"] == 0.1 and lrs["layer.weight"] == 0.2
 

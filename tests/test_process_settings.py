@@ -12,11 +12,13 @@ so the check runs in a fresh process, where it is still on, and reads it with MK
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 SCRIPT = textwrap.dedent(
     r"""
@@ -127,3 +129,79 @@ def test_no_process_wide_setting_changes_across_every_rule_and_size():
     assert result["before"]["threads"] > 1, "needs at least 2 intra-op threads"
     assert result["n_changed"] == 0, result["changed"]
     assert result["other_thread_saw"] == [list(result["expected"])]
+
+
+FIRST_STEPS = textwrap.dedent(
+    """
+    import sys
+    import pyro, torch
+    import pyroopt
+    from pyroopt.native import selfcheck
+    for factory, args in [
+        (pyroopt.Adam, {"lr": 0.1}),
+        (pyroopt.SGD, {"lr": 0.1, "momentum": 0.9}),
+        (pyroopt.ClippedAdam, {"lr": 0.1, "lrd": 0.99}),
+        (pyroopt.RMSprop, {"lr": 0.1, "centered": True}),
+    ]:
+        pyro.clear_param_store()
+        x = pyro.param("x", torch.ones(3)).unconstrained()
+        optim = factory(args)
+        for _ in range(2):
+            x.grad = torch.ones(3)
+            optim([x])
+    print("torch._dynamo" in sys.modules, bool(selfcheck.CHECK_SECONDS))
+    """
+)
+
+
+def test_a_first_step_does_not_import_torch_dynamo():
+    """Building a torch optimizer imports ``torch._dynamo`` (seconds, at a program's
+    first step); the rules pyroopt steps itself need none. (Where the self-check had
+    to run in this process, it builds torch's optimizers as its reference.)"""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_STEPS], capture_output=True, text=True, check=True
+    )
+    dynamo, checked = done.stdout.split()
+    assert dynamo == "False" or checked == "True", done.stdout
+
+
+RULE_ARGS = [
+    ("Adam", {"lr": 0.1}),
+    ("Adam", {"lr": 0.1, "betas": (0.8, 0.9), "amsgrad": True, "weight_decay": 0.1}),
+    ("Adam", {"lr": torch.tensor(0.1)}),
+    ("AdamW", {"lr": 0.1, "maximize": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("RMSprop", {"lr": 0.1, "centered": True}),
+    ("Rprop", {"lr": 0.1, "etas": (0.4, 1.3)}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.1}),
+    ("ClippedAdam", {"lr": 0.1, "lrd": 0.99}),
+    ("AdagradRMSProp", {"eta": 0.3}),
+]
+
+
+@pytest.mark.parametrize("name,args", RULE_ARGS, ids=[n for n, _ in RULE_ARGS])
+def test_hyperparameters_read_without_an_optimizer_are_its_groups(name, args):
+    from pyroopt.engine import full_group, hyperparameters
+    from pyroopt.registry import RULES
+
+    p = torch.zeros(3, requires_grad=True)
+    classes = [c for c in RULES if c.__name__ == name]
+    assert classes
+    for constructor in classes:
+        expected = hyperparameters(constructor([p], **args))
+        got = full_group(constructor, args, p)
+        assert got.keys() == expected.keys()
+        assert all(got[k] is expected[k] or got[k] == expected[k] for k in got), constructor
+
+
+@pytest.mark.parametrize(
+    "args", [{"lr": -1.0}, {"lr": 0.1, "betas": (1.5, 0.9)}, {"lr": 0.1, "eps": -1.0}]
+)
+def test_bad_hyperparameters_raise_torchs_own_error(args):
+    from pyroopt.engine import full_group
+
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError) as torchs:
+        torch.optim.Adam([p], **args)
+    with pytest.raises(ValueError, match=re.escape(str(torchs.value))):
+        full_group(torch.optim.Adam, args, p)

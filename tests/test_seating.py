@@ -12,6 +12,7 @@ from torch.testing import assert_close
 
 import pyroopt
 from pyroopt.engine import RuleBucket, full_group
+from pyroopt.placement import Placement
 from pyroopt.registry import RULES
 from pyroopt.seating import FlatValues, _storage_users
 
@@ -34,7 +35,7 @@ def _holds(tensors, t):
 
 
 def _bucket_values(optim):
-    (bucket,) = optim._buckets
+    (bucket,) = optim._placement.buckets
     return bucket._values
 
 
@@ -64,7 +65,7 @@ def test_a_view_taken_before_the_first_step_keeps_following_its_parameter():
 
 
 def _bucket_of(optim, param):
-    return optim._table.get(param).bucket
+    return optim._placement.table.get(param).bucket
 
 
 def test_a_view_taken_after_seating_survives_a_parameter_leaving():
@@ -258,9 +259,9 @@ def test_a_plan_holds_across_calls_of_the_same_parameters_in_any_order(monkeypat
     """A call listing the last call's tensors (in any order) keeps its plan; a call over
     another set of tensors makes a new one."""
     made = []
-    make_plan = pyroopt.PyroOptim._make_plan
+    make_plan = Placement._make_plan
     monkeypatch.setattr(
-        pyroopt.PyroOptim,
+        Placement,
         "_make_plan",
         lambda self, params, ids: made.append(len(params)) or make_plan(self, params, ids),
     )

@@ -49,7 +49,7 @@ def _seated_params(dtype):
     for p in params.values():
         p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
     optim(list(params.values()))
-    (bucket,) = optim._buckets
+    (bucket,) = optim._placement.buckets
     assert bucket._values is not None and bucket._values.seated == list(params.values())
     return params
 

@@ -140,7 +140,7 @@ def test_replaced_parameters_leave_the_optimizer_and_numbers_stay_pyros():
     optim = _churn(pyroopt)
     _assert_same(expected, _store_state())
     assert len(optim.optim_objs) == 2  # not one per step
-    assert sum(len(b.params) for b in optim._buckets) == 2
+    assert sum(len(b.params) for b in optim._placement.buckets) == 2
 
 
 def test_parameters_of_a_cleared_store_are_retired():

@@ -151,7 +151,7 @@ def test_an_interrupt_inside_a_step_leaves_the_bucket_wholly_unstepped(rule, mon
         raise _Interrupt
 
     # at the entry of the update, whichever runs (the native loop or the torch-op chain)
-    for cls in type(optim._buckets[0].rule).__mro__:
+    for cls in type(optim._placement.buckets[0].rule).__mro__:
         for where in ("update", "native_update"):
             if where in vars(cls):
                 monkeypatch.setattr(cls, where, interrupted)
@@ -234,7 +234,7 @@ def test_a_bad_gradient_in_one_bucket_leaves_every_bucket_and_gradient_as_it_was
     for step in range(3):
         _grads(params, step)
         optim(params)
-    assert len(optim._buckets) == 2
+    assert len(optim._placement.buckets) == 2
     _grads(params, 3)
     params[3].grad.data = torch.ones(5)  # the second bucket's
     grads = [p.grad.clone() for p in params]
