@@ -28,7 +28,7 @@ import pyro
 import torch
 
 import pyroopt
-from benchmarks import churn, cliff, loaded, report, square_root, whole_program
+from benchmarks import churn, cliff, elastic, loaded, report, square_root, whole_program
 from benchmarks.churn import ChurnResult
 from benchmarks.distributed import run_distributed
 from benchmarks.distributed import table as distributed_table
@@ -296,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path_rows = cliff.path_rows(n=cliff_n, steps=cliff_steps, rounds=1 if args.quick else 3)
     peak_rows = cliff.peak_rows(cliff.QUICK_PEAK_SHAPES if args.quick else cliff.PEAK_SHAPES)
     print("  steady steps after a resume and late parameters; peak memory", flush=True)
+    elastic_rows = elastic.time_elastic(settings.steps, args.quick, SEED)
+    print("  elastic commits beside optimizer steps", flush=True)
     whole_plan = whole_program.QUICK if args.quick else whole_program.FULL
     whole_rows = [] if args.no_whole_program else whole_program.time_whole_programs(whole_plan)
     meta["seconds"] = round(time.perf_counter() - start, 1)
@@ -323,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(cliff.peak_table(peak_rows))
         meta["cliff"] = {"paths": [asdict(row) for row in path_rows], "peak": peak_rows}
+        print()
+        print(elastic.table(elastic_rows))
+        meta["elastic"] = [asdict(r) for r in elastic_rows]
         whole_page = print_whole_program(whole_rows, whole_plan, meta) if whole_rows else None
     write_outputs(args.out, meta, steps, svi, tee.getvalue(), whole_page)
     print(f"Total {meta['seconds']} s")

@@ -104,6 +104,9 @@ def test_distributed(tmp_path):
         diff = number(rf"{backend}: largest difference in final parameters .*: ([\d.e+-]+)", stdout)
         assert diff < 1e-9
     assert number(r"final loss: ([\d.]+)", stdout) < 1500  # from ~2600 in 40 steps
+    assert (folder / "elastic.png").stat().st_size > 20_000
+    assert "elastic: worlds of [2, 1, 2] workers" in stdout
+    assert "elastic: Adam steps per parameter at the end: [40.0]" in stdout
 
 
 def test_speed_reads_the_committed_results(tmp_path):

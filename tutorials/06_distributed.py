@@ -17,6 +17,9 @@
 # full-data gradient. With the same seed on every worker (the same guide samples), the
 # two-worker runs retrace a single-process run on all the data, up to rounding.
 #
+# The last section trains elastically: a worker is lost and another joins mid-run, and
+# the job goes on from its last in-memory commit (`pyroopt.distributed.ElasticState`).
+#
 # This file is both the tutorial and the worker: the launchers run it with `--worker`.
 
 # %%
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -79,6 +83,9 @@ def final_params() -> dict[str, list[float]]:
 
 def worker(backend: str, out: Path) -> None:
     """One of two workers: train on this rank's shard; rank 0 writes the curve."""
+    if backend == "elastic":
+        elastic_worker(out)
+        return
     if backend == "horovod":
         import horovod.torch as hvd
 
@@ -109,6 +116,60 @@ def worker(backend: str, out: Path) -> None:
         tdist.destroy_process_group()
 
 
+ELASTIC_STEPS = 40 if QUICK else 200
+COMMIT_EVERY = 5
+LOSE_AT = ELASTIC_STEPS // 4 + 3  # rank 1 dies just before this step, 2 after a commit
+# a worker joins right after the commit of this step
+REGAIN_AT = ELASTIC_STEPS * 5 // 8 // COMMIT_EVERY * COMMIT_EVERY
+
+
+def elastic_worker(out: Path) -> None:
+    """One worker of the elastic job. Rank 0 (never the one that dies) records each
+    start and each step's mean loss, and writes the records to ``out`` at the end."""
+    import horovod.torch as hvd
+
+    from pyroopt.distributed import ElasticState
+
+    hvd.init()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    optim = pyroopt.HorovodOptimizer(pyroopt.Adam({"lr": LR}))
+    svi = SVI(model, AutoNormal(model), optim, Trace_ELBO())
+    state = ElasticState(optim, step=0)  # commits: param store, Adam, generators, step
+    x_all, y_all = data(N)
+    hosts = out.with_name("hosts.txt")  # what the discovery script reads
+    records: list[dict] = []
+
+    def log(**record) -> None:
+        if hvd.rank() == 0:
+            records.append(record)
+
+    @hvd.elastic.run
+    def train(state: ElasticState) -> None:
+        rows = torch.arange(N)[shard(N)]  # this worker's block in the current world
+        log(event="start", step=state.step, size=hvd.size())
+        while state.step < ELASTIC_STEPS:
+            if state.step + 1 == LOSE_AT and hvd.rank() == 1 and hvd.size() == 2:
+                hosts.write_text("localhost:1\n")  # this host leaves the pool ...
+                os.kill(os.getpid(), signal.SIGKILL)  # ... and its worker dies
+            loss = svi.step(x_all[rows], y_all[rows], rows)
+            state.step += 1
+            mean = float(hvd.allreduce(torch.tensor(loss), op=hvd.Average, name="loss"))
+            log(event="step", step=state.step, size=hvd.size(), loss=mean)
+            if state.step % COMMIT_EVERY == 0:
+                state.commit()  # raises HostsUpdatedInterrupt when a host was added
+                if state.step == REGAIN_AT and hvd.size() == 1:
+                    hosts.write_text("localhost:1\n127.0.0.1:1\n")  # a host comes back
+                    while True:  # until horovod announces it (well within a second)
+                        state.check_host_updates()
+                        time.sleep(0.05)
+
+    train(state)
+    if hvd.rank() == 0:
+        adam_steps = {float(s["state"][0]["step"]) for s in optim.get_state().values()}
+        out.write_text(json.dumps({"records": records, "adam_steps": sorted(adam_steps)}))
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     worker(sys.argv[2], Path(sys.argv[3]))
     sys.exit()
@@ -130,14 +191,31 @@ BIN = Path(sys.executable).parent
 
 
 def command(backend: str, out: Path) -> list[str]:
-    launcher = "horovodrun" if backend == "horovod" else "torchrun"
+    launcher = "torchrun" if backend == "torch" else "horovodrun"
     path = shutil.which(launcher, path=str(BIN))
     if path is None:
         raise FileNotFoundError(f"{launcher} is not installed next to {sys.executable}")
     worker_args = [str(Path(__file__).resolve()), "--worker", backend, str(out)]
     if backend == "horovod":
         return [path, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *worker_args]
+    if backend == "elastic":  # see the last section
+        return [path, *elastic_options(out), "--gloo", sys.executable, *worker_args]
     return [path, "--standalone", "--nproc_per_node", "2", *worker_args]
+
+
+def elastic_options(out: Path) -> list[str]:
+    """Elastic horovodrun options: 1 to 2 workers on the "hosts" of a file that a
+    discovery script reads (a host lost rejoins after a cooldown of 1 to 2 s)."""
+    hosts = out.with_name("hosts.txt")
+    hosts.write_text("localhost:1\n127.0.0.1:1\n")
+    script = out.with_name("discover_hosts.sh")  # horovod runs it every second
+    script.write_text(f"#!/bin/sh\nexec cat {shlex.quote(str(hosts))}\n")
+    script.chmod(0o755)
+    return [
+        "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script", str(script),
+        "--blacklist-cooldown-range", "1", "2",
+        "--network-interface", "lo",  # a world of one host has no other to agree with
+    ]  # fmt: skip
 
 
 def start(backend: str) -> subprocess.Popen | str:
@@ -178,6 +256,7 @@ def finish(backend: str, proc: subprocess.Popen | str, deadline: float) -> dict 
 # both launches run at once; the single-process reference below trains meanwhile
 began = time.perf_counter()
 procs = {backend: start(backend) for backend in ("horovod", "torch")}
+elastic_proc = start("elastic")  # the last section's job: it mostly waits, so start it now
 
 # %% [markdown]
 # ## The single-process reference on all the data, while the workers run
@@ -228,5 +307,65 @@ for backend, result in runs.items():
     print(f"{backend}: largest difference in final parameters from 1 process: {diff:.2e}")
 print(f"final loss: {single_losses[-1]:.1f}")
 print(f"plot: {plot}")
+
+# %% [markdown]
+# ## Elastic training: a worker lost, a worker regained
+# Workers on shared or preemptible machines come and go. Under horovod's elastic mode
+# (`horovodrun --min-np 1 --max-np 2 --host-discovery-script ...`) the training function
+# runs inside `hvd.elastic.run`, and an `ElasticState` commits the training state in
+# memory every 5 steps: the param store, Adam's state, the random generators and the
+# step counter. The two "hosts" here are `localhost` and `127.0.0.1`, named by a
+# discovery script that reads a file.
+#
+# - Before step `LOSE_AT`, the worker on `127.0.0.1` takes its host out of the file and
+#   dies (SIGKILL). The survivor's next collective fails; it restores the last commit
+#   (the steps after it are redone), re-forms a world of one, re-shards the data (all
+#   500 rows) and goes on: the average now divides by one worker.
+# - After the commit of step `REGAIN_AT`, the host comes back into the file. The
+#   driver starts a worker there; horovod interrupts the survivor, both sync to rank
+#   0's commit (the new worker starts exactly where the other is) and go on with 250
+#   rows each.
+#
+# Each segment of the curve below is one world. After the loss, the survivor redoes the
+# two steps since the last commit; its curve retraces the lost one there, since one
+# worker on all the rows takes the gradient two workers took on half each (up to
+# rounding). At the end, Adam has stepped every parameter exactly once per SVI step.
+
+# %%
+elastic = finish("elastic", elastic_proc, began + TIMEOUT)
+if isinstance(elastic, str):
+    failures["elastic"] = elastic
+    print(f"FAILED: the elastic launch did not finish: {elastic}")
+else:
+    worlds: list[dict] = []  # one per start of the training function
+    for r in elastic["records"]:
+        if r["event"] == "start":
+            worlds.append({"size": r["size"], "steps": [], "losses": []})
+        elif r["event"] == "step":
+            worlds[-1]["steps"].append(r["step"])
+            worlds[-1]["losses"].append(r["loss"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, world in enumerate(worlds):
+        where = "" if i == 0 else f", from the commit of step {world['steps'][0] - 1}"
+        label = f"{world['size']} worker{'s' if world['size'] > 1 else ''}{where}"
+        ax.plot(world["steps"], world["losses"], "-" if world["size"] > 1 else "--", label=label)
+    ax.axvline(LOSE_AT, color="grey", linewidth=0.8)
+    ax.axvline(REGAIN_AT, color="grey", linewidth=0.8)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("mean loss over the workers (log scale)")
+    ax.set_yscale("log")
+    ax.set_title(f"Elastic SVI: a worker lost before step {LOSE_AT}, one regained at {REGAIN_AT}")
+    ax.legend()
+    fig.tight_layout()
+    elastic_plot = OUT / "elastic.png"
+    fig.savefig(elastic_plot, dpi=100)
+    print(
+        f"elastic: worlds of {[w['size'] for w in worlds]} workers, starting at steps "
+        f"{[w['steps'][0] - 1 for w in worlds]}; {worlds[-1]['steps'][-1]} steps, done "
+        f"{time.perf_counter() - began:.1f} s in"
+    )
+    # every SVI step counted once: Adam stepped each parameter once per step
+    print(f"elastic: Adam steps per parameter at the end: {elastic['adam_steps']}")
+    print(f"plot: {elastic_plot}")
 if failures:
     sys.exit(f"{len(failures)} launch(es) failed: {', '.join(failures)} (see above)")

@@ -72,6 +72,12 @@ class Collectives(ABC):
     def broadcast_(self, flat: Tensor) -> None:
         """Overwrite ``flat`` with rank 0's ``flat``, in place."""
 
+    def refresh(self) -> None:  # noqa: B027 - optional: most backends' worlds never change
+        """Read ``rank`` and ``size`` again after the workers changed (an elastic reset).
+
+        The default keeps them: a backend whose world cannot change needs nothing.
+        """
+
     def mean(self, value: float, name: str) -> float:
         """The mean of ``value`` over all workers: one float64 sum-reduction.
 

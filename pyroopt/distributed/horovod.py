@@ -48,6 +48,11 @@ class HorovodCollectives(Collectives):
         self.rank = int(hvd.rank())
         self.size = int(hvd.size())
 
+    def refresh(self) -> None:
+        """Horovod's rank and size after ``hvd.shutdown(); hvd.init()`` (an elastic reset)."""
+        self.rank = int(self._hvd.rank())
+        self.size = int(self._hvd.size())
+
     def allreduce_(self, buffer: Tensor, exact: int, name: str) -> None:
         hvd = self._hvd
         if self.compression is hvd.Compression.none or exact == buffer.numel():

@@ -103,18 +103,36 @@ class DistributedPyroOptim(pyro.optim.PyroOptim):
         self.average = average
         self.gradient_predivide_factor = float(gradient_predivide_factor)
         self.backward_passes_per_step = backward_passes_per_step
-        f, size = self.gradient_predivide_factor, collectives.size
-        self._prescale, self._postscale = (1.0 / f, f / size) if average else (1.0, 1.0)
+        #: how many collectives the last call issued (1 on a steady step)
+        self.last_collectives = 0
+        self._start_world()
+
+    def _start_world(self) -> None:
+        """Scales, agreed layout, buffer and gradient window for the current workers."""
+        comm = self._comm
+        f, size = self.gradient_predivide_factor, comm.size
+        self._prescale, self._postscale = (1.0 / f, f / size) if self.average else (1.0, 1.0)
         self._agreed: Layout = EMPTY  # the last layout all workers agreed on
         self._current: Layout | None = None  # the layout of the last call, cached
         # of the agreed layout
-        self._buffer = GradBuffer(EMPTY, collectives.rank, size, collectives.device)
+        self._buffer = GradBuffer(EMPTY, comm.rank, size, comm.device)
         self._synced: dict[int, Tensor] = {}  # parameters already equal on all workers
         self._calls = 0
         self._window: dict[int, Tensor] = {}  # accumulated gradients, by id(param)
         self._window_params: dict[int, Tensor] = {}
-        #: how many collectives the last call issued (1 on a steady step)
-        self.last_collectives = 0
+
+    def reset_world(self) -> None:
+        """Start over with the workers present now, after an elastic reset.
+
+        Reads the rank and the number of workers again (an average then divides by the
+        live count), forgets the agreed parameters (the next step agrees anew and
+        broadcasts rank 0's values) and drops gradients accumulated in an open
+        ``backward_passes_per_step`` window. The wrapped optimizer's state stays.
+        :class:`~pyroopt.distributed.ElasticState` calls it on every reset; call it
+        yourself after re-initializing the backend by hand.
+        """
+        self._comm.refresh()
+        self._start_world()
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_optim", "_comm"):

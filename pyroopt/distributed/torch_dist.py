@@ -67,6 +67,11 @@ class TorchCollectives(Collectives):
         if dist.get_backend(process_group) == "nccl":  # it reduces CUDA tensors only
             self.device = torch.device("cuda", torch.cuda.current_device())
 
+    def refresh(self) -> None:
+        """The group's rank and size as ``torch.distributed`` reports them now."""
+        self.rank = int(dist.get_rank(self.group))
+        self.size = int(dist.get_world_size(self.group))
+
     def allreduce_(self, buffer: Tensor, exact: int, name: str) -> None:
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
 
