@@ -482,10 +482,11 @@ class RuleBucket(Bucket):
             self._known_intact = None
             live = [p for p in params if p.grad is not None]
             grads = [p.grad for p in live]
-        steps, group = self.steps, dict(self.group)
+        steps, group, keys = self.steps, dict(self.group), self.keys
         try:
             with DeferInterrupts():
                 self.rule.advance_group(self.group)  # even for parameters without a gradient
+                self._grow_state()
                 if live:
                     self._ensure_layout()
                     flat = len(live) == len(self.params) and self._values is not None
@@ -499,8 +500,45 @@ class RuleBucket(Bucket):
         except BaseException:
             self.steps = steps
             self.group.update(group)
+            self._drop_state(self.keys[len(keys) :])
             self._known_intact = None
             raise
+
+    def _grow_state(self) -> None:
+        """Make the state tensors a change of the hyperparameters calls for (SGD's
+        momentum buffer, once a schedule such as ``OneCycleLR`` turns momentum on) as
+        torch makes them: on each member's next step, as on its first (zeros, and
+        torch's SGD clones the gradient into a new buffer, which a rule that keeps no
+        step count sees as step 1). Keys never go: torch keeps a buffer it stops using."""
+        grown = tuple(k for k in self.rule.state_keys(self.group) if k not in self.keys)
+        if not grown:
+            return
+        self.keys = self.keys + grown
+        for p, loose in self._loose.items():
+            if loose is not None:
+                loose.update({k: torch.zeros_like(p) for k in grown})
+        if self._flat:
+            first = self.params[0]
+            for k in grown:
+                buffer = torch.zeros(self.flat.numel, dtype=first.dtype, device=first.device)
+                self._flat[k], self._views[k] = buffer, tuple(self.flat.views(buffer))
+            _entry.forget_prepared()
+        if not self.rule.saves_step:
+            self.steps = [0] * len(self.steps)
+
+    def _drop_state(self, keys: tuple[str, ...]) -> None:
+        """Undo :meth:`_grow_state` for ``keys`` (a step that failed)."""
+        if not keys:
+            return
+        self.keys = tuple(k for k in self.keys if k not in keys)
+        for loose in self._loose.values():
+            if loose is not None:
+                for k in keys:
+                    loose.pop(k, None)
+        for k in keys:
+            self._flat.pop(k, None)
+            self._views.pop(k, None)
+        _entry.forget_prepared()
 
     def _gather_steady(self, params: list[Tensor]) -> bool:
         """Copy the gradients of a steady flat step into the flat gradient buffer;
@@ -620,7 +658,13 @@ class RuleBucket(Bucket):
         return one_param_state(state, self.group)
 
     def load_state_dict(self, param: Tensor, state_dict: Mapping[str, Any]) -> None:
-        saved = state_dict["state"].get(0, {})
+        # A state tensor saved as None is one not made yet: torch before 2.0 saved SGD's
+        # momentum buffer as None while momentum was 0, and makes it on the next step.
+        saved = {
+            k: v
+            for k, v in state_dict["state"].get(0, {}).items()
+            if not (v is None and k in PARAM_SHAPED_STATE)
+        }
         i = self.index[id(param)]
         if not saved:  # never stepped: state and count as for a new parameter
             initial = self.rule.initial_state(param, self.group)
@@ -807,10 +851,19 @@ class TorchBucket(Bucket):
         return self._public_group()
 
     def advances_group(self) -> bool:
-        """Also true under ``fused=True``: torch's fused SGD decides "first step" for
-        the whole group (all momentum buffers absent or none), so a parameter may join
-        only before the first step and leave with any that step apart."""
-        return super().advances_group() or bool(self.group.get("fused"))
+        """Also true where torch's step treats the group as one: its fused SGD decides
+        "first step" for the whole group (all momentum buffers absent or none), and its
+        foreach SGD with momentum updates the buffers with ``_foreach_mul_`` and
+        ``_foreach_add_`` only when none is missing, else one tensor at a time (other
+        roundings in float16 and bfloat16 on the CPU). So a parameter may join only
+        before the first step, and leaves with any that step apart."""
+        group = self.group
+        foreach_momentum = (
+            self.constructor is torch.optim.SGD
+            and bool(group.get("foreach"))
+            and group.get("momentum", 0) != 0
+        )
+        return super().advances_group() or bool(group.get("fused")) or foreach_momentum
 
     def schedule_target(self) -> Optimizer:
         assert self.optimizer is not None

@@ -447,3 +447,29 @@ def test_error_through_a_link_names_the_link_and_its_target(tmp_path):
     link.symlink_to(tmp_path / "gone" / "real.pt")
     with pytest.raises(FileNotFoundError, match=f"cannot save {link} \\(a link to .*real.pt\\)"):
         checkpoint.save_atomic({}, link)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_an_sgd_buffer_saved_as_none_loads_as_in_pyro_optim(dtype):
+    """torch before 2.0 saved SGD's momentum buffer as None while momentum was 0; such a
+    state, loaded with momentum on, makes the buffer on the next step."""
+    group = {
+        "lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
+        "maximize": False, "foreach": None, "differentiable": False, "fused": None,
+    }  # fmt: skip
+    results = []
+    for module in (pyro.optim, pyroopt):
+        pyro.clear_param_store()
+        optim = module.SGD({"lr": 0.1, "momentum": 0.9})
+        entry = {
+            "state": {0: {"momentum_buffer": None}},
+            "param_groups": [{**group, "params": [0]}],
+        }
+        optim.set_state({"w": entry})
+        w = pyro.param("w", torch.linspace(-1, 1, 7, dtype=dtype)).unconstrained()
+        for step in range(3):
+            w.grad = torch.linspace(0.5, -0.3, 7, dtype=dtype) * (step + 1)
+            optim([w])
+        results.append((w.detach().clone(), optim.get_state()["w"]["state"][0]["momentum_buffer"]))
+    (expected, expected_buffer), (got, got_buffer) = results
+    assert torch.equal(got, expected) and torch.equal(got_buffer, expected_buffer)

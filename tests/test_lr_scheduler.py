@@ -101,6 +101,27 @@ def test_schedule_matches_pyro_optim(name, cls, kwargs, dtype):
     assert len(sched._placement.buckets) <= 3
 
 
+MOMENTUM_CASES = [
+    ("OneCycleLR", {"max_lr": 0.1, "total_steps": 40}),
+    ("CyclicLR", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 4}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name,kwargs", MOMENTUM_CASES, ids=[n for n, _ in MOMENTUM_CASES])
+def test_a_schedule_that_turns_sgd_momentum_on_matches_pyro_optim(name, kwargs, dtype):
+    """SGD made with momentum 0 keeps no buffer; a cycling schedule sets momentum, and
+    torch's SGD then clones each gradient into a new buffer on its next step."""
+    torch.set_default_dtype(dtype)
+    histories = []
+    for module in (pyro.optim, pyroopt):
+        fresh_store()
+        args = {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.05}, **kwargs}
+        sched = getattr(module, name)(args)
+        histories.append(run_schedule(module, name, torch.optim.SGD, {}, sched=sched)[1])
+    assert_same_history(*histories)
+
+
 def _torch_lrs(make_scheduler, epochs):
     x = torch.zeros(2, requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=0.05)
