@@ -7,45 +7,49 @@ import os
 import pyro
 import pyro.optim
 import pytest
+import registry
 import torch
-from programs import fresh_store, run
+from programs import Program, fresh_store, run
 from test_optim import assert_same_trajectory
 
 import pyroopt
 
+#: each optimizer of the registry that steps every parameter of the default program,
+#: with the most options on that it allows (the most kinds of state)
 CASES = [
-    ("Adam", {"lr": 0.05, "amsgrad": True}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.2}),
-    ("RMSprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
-    ("Rprop", {"lr": 0.01}),
-    ("Adagrad", {"lr": 0.1}),
-    ("NAdam", {"lr": 0.05}),
-    ("ClippedAdam", {"lr": 0.05, "clip_norm": 0.5, "lrd": 0.95}),
+    pytest.param(info, info.richest(), id=info.name)
+    for info in registry.INFOS
+    if not info.sparse and all(info.steps_shape(torch.Size(s)) for s in Program().shapes.values())
 ]
-IDS = [name for name, _ in CASES]
+DIRECTIONS = [
+    pytest.param(save_with, load_with, id=f"{save_with}->{load_with}")
+    for save_with, load_with in [("pyroopt", "pyroopt"), ("pyro", "pyroopt"), ("pyroopt", "pyro")]
+]
 
 
-def resumed(save_with, load_with, name, args, path, split=8, total=15):
-    """``split`` steps with ``save_with``, save, load into ``load_with``, finish."""
+def build(info, side, args):
+    """``info``'s optimizer from pyroopt or from pyro.optim."""
+    return info.factory(args) if side == "pyroopt" else info.reference(args)
+
+
+def resumed(save_with, load_with, info, args, path, split=8, total=15):
+    """``split`` steps with ``save_with``'s optimizer, save, load into ``load_with``'s,
+    finish."""
     fresh_store()
-    first = getattr(save_with, name)(args)
+    first = build(info, save_with, args)
     head = run(lambda: first, split)
     first.save(path)
-    second = getattr(load_with, name)(args)
+    second = build(info, load_with, args)
     second.load(path)
     return head + run(lambda: second, total - split, start=split, optim=second)
 
 
-@pytest.mark.parametrize("name,args", CASES, ids=IDS)
-@pytest.mark.parametrize(
-    "save_with,load_with",
-    [(pyroopt, pyroopt), (pyro.optim, pyroopt), (pyroopt, pyro.optim)],
-    ids=["pyroopt->pyroopt", "pyro->pyroopt", "pyroopt->pyro"],
-)
-def test_resume_equals_straight_through(tmp_path, name, args, save_with, load_with):
+@pytest.mark.parametrize("info,args", CASES)
+@pytest.mark.parametrize("save_with,load_with", DIRECTIONS)
+def test_resume_equals_straight_through(tmp_path, info, args, save_with, load_with):
     fresh_store()
-    straight = run(lambda: getattr(pyro.optim, name)(args), 15)
-    actual = resumed(save_with, load_with, name, args, tmp_path / "optim.pt")
+    straight = run(lambda: info.reference(args), 15)
+    actual = resumed(save_with, load_with, info, args, tmp_path / "optim.pt")
     assert_same_trajectory(straight, actual)
 
 
