@@ -47,6 +47,7 @@ from pyroopt.kernels import IMPLEMENTATION_ARGS, UpdateRule
 from pyroopt.kernels._coef import per_param
 from pyroopt.kernels.base import Batch
 from pyroopt.native import _entry
+from pyroopt.optimizers import SparseGradientError
 from pyroopt.registry import group_rule, rule_for
 from pyroopt.seating import FlatValues
 from pyroopt.serial import SerialIfSmall
@@ -563,10 +564,10 @@ class RuleBucket(Bucket):
 
     def _refuse_sparse(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Raise for sparse gradients, before anything changed: :class:`SparseGradients`
-        where torch's own optimizer steps them, else a ``ValueError``."""
+        where torch's own optimizer steps them, else a :class:`SparseGradientError`."""
         if self.constructor in TAKES_SPARSE:
             raise SparseGradients([p for p, g in zip(params, grads, strict=True) if g.is_sparse])
-        raise ValueError(
+        raise SparseGradientError(
             f"{self.constructor.__name__} does not support sparse gradients; "
             "use pyroopt.SparseAdam for parameters with sparse gradients"
         )

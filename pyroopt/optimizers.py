@@ -69,6 +69,14 @@ def _check_non_negative(**values: float) -> None:
         )
 
 
+class SparseGradientError(ValueError, RuntimeError):
+    """An optimizer that does not step sparse gradients was given one.
+
+    A ``RuntimeError``, as torch's optimizers (and so pyro.optim) raise it, and a
+    ``ValueError``, as pyroopt raises for bad input: either ``except`` catches it.
+    """
+
+
 class RuleOptimizer(Optimizer):
     """A torch optimizer whose update is a pyroopt :class:`~pyroopt.kernels.base.UpdateRule`.
 
@@ -108,7 +116,7 @@ class RuleOptimizer(Optimizer):
         grads = [p.grad for p in params]
         for p, g in zip(params, grads, strict=True):
             if g.is_sparse:  # type: ignore[union-attr]
-                raise ValueError(
+                raise SparseGradientError(
                     f"{type(self).__name__} does not support sparse gradients (parameter of "
                     f"shape {tuple(p.shape)})"
                 )

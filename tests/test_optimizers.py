@@ -172,6 +172,12 @@ def test_sparse_gradients_get_a_clear_error(factory):
         getattr(pyroopt, factory)({"lr": 0.1})([p])
     with pytest.raises(ValueError, match="does not support sparse gradients"):
         optimizers.ClippedAdam([p]).step()
+    # a RuntimeError too, as pyro.optim raises (torch's message, or aten's
+    # NotImplementedError from pyro's ClippedAdam)
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        getattr(pyroopt, factory)({"lr": 0.1})([p])
+    with pytest.raises(RuntimeError):
+        getattr(pyro.optim, factory)({"lr": 0.1})([p])
 
 
 @pytest.mark.parametrize("factory", ["Adam", "RMSprop", "ClippedAdam", "AdagradRMSProp"])
