@@ -66,17 +66,16 @@ class OneUlpOff:
     """The real C loop, then (``perturb``) the last element of the last tensor of the call
     one unit in the last place off: a loop that rounds one tail element differently."""
 
-    def __init__(self, function, argtypes, dtype, perturb=True):
+    def __init__(self, function, dtype, perturb=True):
         self.function = function
-        self.numels_at = list(argtypes).index(_entry.INT64S)
         self.unsigned = _UNSIGNED[dtype]
         self.perturb = perturb
         self.calls = 0
 
-    def __call__(self, *args):
-        parts = self.function(*args)
+    def __call__(self, args):
+        parts = self.function(args)
         self.calls += 1
-        n, params, numels = args[0], args[1], args[self.numels_at]
+        n, params, numels = args.n_tensors, args.params, args.numels
         if self.perturb and n and numels[n - 1]:
             # the last element of the call that holds a number (the check lets any NaN
             # stand for any NaN, so a NaN's bits are no test of it)
@@ -97,15 +96,12 @@ def substitute(monkeypatch):
     real = _entry.unchecked
     made = {}
 
-    def unchecked(name, dtype, argtypes):
-        function = real(name, dtype, argtypes)
-        return made.get((name, dtype), function) if function is not None else None
+    def unchecked(spec, dtype):
+        function = real(spec, dtype)
+        return made.get((spec.name, dtype), function) if function is not None else None
 
     def make(name, dtype, perturb=True):
-        loop = selfcheck.LOOPS[name]
-        made[name, dtype] = OneUlpOff(
-            real(name, dtype, loop.argtypes), loop.argtypes, dtype, perturb
-        )
+        made[name, dtype] = OneUlpOff(real(selfcheck.LOOPS[name].spec, dtype), dtype, perturb)
         return made[name, dtype]
 
     monkeypatch.setattr(_entry, "unchecked", unchecked)

@@ -41,13 +41,15 @@ import torch
 from torch import Tensor
 
 from pyroopt.kernels._coef import addcdiv_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.adagrad import adagrad_update
 
 
 def learning_rate(group: Mapping[str, Any], step: int) -> float:
-    """torch's ``clr`` at ``step`` (its step count is a float, read with ``item()``)."""
+    """torch's ``clr`` at ``step``: ``lr / (1 + (step - 1) * lr_decay)`` (its step count
+    is a float, read with ``item()``). The native loop computes the same bits in C
+    (:file:`pyroopt/native/coefficients.h`)."""
     return group["lr"] / (1 + (float(step) - 1) * group["lr_decay"])
 
 
@@ -89,21 +91,24 @@ class AdagradRule(UpdateRule):
         torch._foreach_add_(std, group["eps"])
         addcdiv_(params, grads, std, coef([-learning_rate(group, t) for t in steps]))
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         if not params:
             return True
-        counts = list(steps) if len(steps) > 1 else [steps[0]] * len(params)
         return adagrad_update(
             params,
             grads,
             state["sum"],
-            [t == 1 for t in counts],
-            [-learning_rate(group, t) for t in counts],
+            steps,
+            lr=group["lr"],
+            lr_decay=group["lr_decay"],
             initial_accumulator_value=group["initial_accumulator_value"],
             weight_decay=group["weight_decay"],
             eps=group["eps"],
             maximize=group["maximize"],
+            function_for=function_for,
         )
 
 

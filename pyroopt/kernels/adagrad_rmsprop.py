@@ -22,8 +22,14 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import TensorList, addcdiv_, mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.native.adagrad_rmsprop import adagrad_rmsprop_update
+
+
+def learning_rate(group: Mapping[str, Any], step: int) -> float:
+    """pyro's step size at ``step``: ``eta * step ** (-0.5 + delta)``. The native loop
+    computes the same bits in C (:file:`pyroopt/native/coefficients.h`)."""
+    return group["eta"] * step ** (-0.5 + group["delta"])
 
 
 class AdagradRMSPropRule(UpdateRule):
@@ -51,21 +57,24 @@ class AdagradRMSPropRule(UpdateRule):
             torch._foreach_add_(old_sums, scaled)
         denom = torch._foreach_sqrt(sums)
         torch._foreach_add_(denom, 1.0)
-        neg_lr = coef([-(group["eta"] * t ** (-0.5 + group["delta"])) for t in steps])
+        neg_lr = coef([-learning_rate(group, t) for t in steps])
         addcdiv_(params, grads, denom, neg_lr)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         if not params:
             return True
-        counts = list(steps) if len(steps) > 1 else [steps[0]] * len(params)
         return adagrad_rmsprop_update(
             params,
             grads,
             state["sum"],
-            [t == 1 for t in counts],
-            [-(group["eta"] * t ** (-0.5 + group["delta"])) for t in counts],
+            steps,
+            eta=group["eta"],
+            delta=group["delta"],
             t=group["t"],
+            function_for=function_for,
         )
 
 

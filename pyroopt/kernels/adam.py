@@ -36,9 +36,22 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import addcdiv_, mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.adam import adam_update
+
+
+def coefficients(group: Mapping[str, Any], step: int) -> tuple[float, float]:
+    """torch's ``-step_size`` and ``bias_correction2_sqrt`` at ``step``, in Python floats:
+    ``-(lr / (1 - beta1 ** step))`` and ``(1 - beta2 ** step) ** 0.5`` (a power, not
+    ``math.sqrt``). The native loop computes the same bits in C
+    (:file:`pyroopt/native/coefficients.h`).
+
+    >>> coefficients({"lr": 0.1, "betas": (0.5, 0.75)}, 1)
+    (-0.2, 0.5)
+    """
+    beta1, beta2 = group["betas"]
+    return -(group["lr"] / (1 - beta1**step)), (1 - beta2**step) ** 0.5
 
 
 class AdamRule(UpdateRule):
@@ -71,15 +84,17 @@ class AdamRule(UpdateRule):
         if group["amsgrad"]:
             torch._foreach_maximum_(state["max_exp_avg_sq"], exp_avg_sqs)
             exp_avg_sqs = state["max_exp_avg_sq"]
-        neg_step_size = coef([-lr / (1 - beta1**t) for t in steps])
-        # torch takes bias_correction2 ** 0.5, not math.sqrt
-        bias_correction2_sqrt = coef([(1 - beta2**t) ** 0.5 for t in steps])
+        pairs = [coefficients(group, t) for t in steps]
+        neg_step_size = coef([step_size for step_size, _ in pairs])
+        bias_correction2_sqrt = coef([root for _, root in pairs])
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         addcdiv_(params, exp_avgs, denom, neg_step_size)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         return adam_update(
             params,
@@ -95,6 +110,7 @@ class AdamRule(UpdateRule):
             decoupled=self.decoupled or group.get("decoupled_weight_decay", False),
             amsgrad=group["amsgrad"],
             maximize=group["maximize"],
+            function_for=function_for,
         )
 
 

@@ -16,6 +16,8 @@ IMPLEMENTATION_ARGS = ("foreach", "fused", "capturable", "differentiable")
 
 #: Turns one value per parameter into a coefficient for the tensors being updated.
 CoefFn = Callable[[Sequence[float]], Coef]
+#: Picks a native loop's C function for a dtype (``None``: it cannot run).
+FunctionFor = Callable[[torch.dtype], Any]
 
 
 class Batch(NamedTuple):
@@ -104,13 +106,20 @@ class UpdateRule(ABC):
         """Change ``group`` as one call of the optimizer's ``step`` does, before updating."""
         return None  # most optimizers never change their hyperparameters
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         """The same update, bitwise, in one pass of pyroopt's C loop over every tensor.
 
         ``batch.steps`` holds one count per tensor, or a single count standing for all.
-        It never writes the gradients, and it marks every tensor it writes as modified
-        for autograd. Returns ``False`` (having changed nothing) where the loop cannot
-        run (no library, CUDA, half precision, non-contiguous tensors); the engine then
-        calls :meth:`update`, which computes the same numbers.
+        It writes no gradient (but ClippedAdam's, which it clamps in place as pyro does),
+        and it marks every tensor it writes as modified for autograd. Returns ``False``
+        (having changed nothing) where the loop cannot run (no library, CUDA, half
+        precision, non-contiguous tensors); the engine then calls :meth:`update`, which
+        computes the same numbers.
+
+        ``function_for`` picks the C function per dtype: by default the loop's own,
+        which the library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the
+        check itself passes the unchecked one.
         """
         return False

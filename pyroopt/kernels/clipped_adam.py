@@ -27,9 +27,21 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import addcdiv_, mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.adam import clipped_adam_update
+
+
+def step_size(group: Mapping[str, Any], step: int) -> float:
+    """pyro's step size at ``step``, negated, in Python floats:
+    ``-(lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step))``. The native loop
+    computes the same bits in C (:file:`pyroopt/native/coefficients.h`).
+
+    >>> step_size({"lr": 0.1, "betas": (0.5, 0.75)}, 1)
+    -0.1
+    """
+    beta1, beta2 = group["betas"]
+    return -(group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step))
 
 
 class ClippedAdamRule(UpdateRule):
@@ -62,10 +74,12 @@ class ClippedAdamRule(UpdateRule):
         torch._foreach_addcmul_(exp_avg_sqs, spread, spread, 1 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denom, group["eps"])
-        neg_step_size = coef([-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps])
+        neg_step_size = coef([step_size(group, t) for t in steps])
         addcdiv_(params, exp_avgs, denom, neg_step_size)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         return clipped_adam_update(
             params,
@@ -79,4 +93,5 @@ class ClippedAdamRule(UpdateRule):
             weight_decay=group["weight_decay"],
             clip_norm=group["clip_norm"],
             centered_variance=group["centered_variance"],
+            function_for=function_for,
         )

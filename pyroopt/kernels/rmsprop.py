@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.rmsprop import rmsprop_update
 
@@ -65,7 +65,9 @@ class RMSpropRule(UpdateRule):
         else:
             torch._foreach_addcdiv_(params, grads, avg, -lr)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, _steps = batch
         return rmsprop_update(
             params,
@@ -80,4 +82,5 @@ class RMSpropRule(UpdateRule):
             momentum=group["momentum"],
             centered=group["centered"],
             maximize=group["maximize"],
+            function_for=function_for,
         )

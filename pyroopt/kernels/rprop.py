@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.rprop import rprop_update
 
@@ -78,7 +78,9 @@ class RpropRule(UpdateRule):
             prev.masked_fill_(mask, 0.0)
         torch._foreach_addcmul_(params, torch._foreach_sign(prevs), step_sizes, -1)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         if not params:
             return True
@@ -93,4 +95,5 @@ class RpropRule(UpdateRule):
             etas=group["etas"],
             step_sizes=group["step_sizes"],
             maximize=group["maximize"],
+            function_for=function_for,
         )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pyroopt.kernels._coef import mul_
-from pyroopt.kernels.base import Batch, CoefFn, UpdateRule
+from pyroopt.kernels.base import Batch, CoefFn, FunctionFor, UpdateRule
 from pyroopt.kernels.weight_decay import directed_grads
 from pyroopt.native.sgd import sgd_update
 
@@ -57,7 +57,9 @@ class SGDRule(UpdateRule):
             grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
         torch._foreach_add_(params, grads, alpha=-lr)
 
-    def native_update(self, batch: Batch, group: Mapping[str, Any]) -> bool:
+    def native_update(
+        self, batch: Batch, group: Mapping[str, Any], function_for: FunctionFor | None = None
+    ) -> bool:
         params, grads, state, steps = batch
         if not params:
             return True
@@ -73,4 +75,5 @@ class SGDRule(UpdateRule):
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
             maximize=group["maximize"],
+            function_for=function_for,
         )

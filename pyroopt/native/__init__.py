@@ -12,11 +12,20 @@ it. (Where MKL's float32 root was checked, on every input, to be the Newton step
 They are plain C, no Python or torch headers, compiled with the system C compiler
 into pyroopt's cache directory and called through :mod:`ctypes` with data pointers.
 
+Each rule is one C source written over an element type (:file:`element.h`), with
+torch's operations from one header (:file:`torch_ops.h`), and compiled once per dtype;
+each loop takes one struct of arguments, declared once (:mod:`pyroopt.native.specs`):
+the build generates its C declaration, and the Python side fills the same fields by
+name (:mod:`pyroopt.native._spec`). A loop computes each tensor's coefficients (bias
+corrections, decayed rates) from its step count, with the bits of torch's Python
+expressions (:file:`coefficients.h`).
+
 ``make install`` builds it (``python -m pyroopt.native``); otherwise the first call
 builds it, which takes a second or two. The library's file name carries a hash of the
-source, the compiler and its flags, so an edited source is rebuilt rather than a
-stale library loaded, and concurrent builds (several workers of one job) each write
-a private file and rename it into place.
+sources (the generated ones too), the compiler and its flags, so an edited source or
+spec is rebuilt rather than a stale library loaded, and concurrent builds (several
+workers of one job) each write a private file and rename it into place. At load, the
+layout of every argument struct in the library is checked against its spec.
 
 Before a loop runs in a process, it is compared bit for bit with torch's own optimizer
 on this machine (:mod:`pyroopt.native.selfcheck`); a loop that differs is turned off and
@@ -49,7 +58,8 @@ import tempfile
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-#: every C file is compiled into one library; headers count towards its hash
+#: every C file is compiled into one library, the rule sources once per dtype (through
+#: the files :func:`generated_sources` makes); headers count towards its hash
 SOURCES = tuple(sorted(_HERE.glob("*.c")))
 HEADERS = tuple(sorted(_HERE.glob("*.h")))
 #: ``-ffp-contract=off``: no fused multiply-adds, so every rounding is torch's.
@@ -106,13 +116,32 @@ def compiler() -> list[str] | None:
     return [found] if found else None
 
 
+def generated_sources() -> dict[str, str]:
+    """The files the build generates from the loops' specs (:mod:`pyroopt.native.specs`),
+    by name: their argument structs, the structs' layouts, and a file per rule source and
+    dtype that compiles it for that dtype."""
+    from pyroopt.native import _spec, specs
+
+    return _spec.generated_files(specs.ALL)
+
+
+def plain_sources() -> tuple[Path, ...]:
+    """The C files compiled once, as they are (the rule sources are compiled per dtype)."""
+    from pyroopt.native import specs
+
+    rules = {spec.source for spec in specs.ALL}
+    return tuple(source for source in SOURCES if source.name not in rules)
+
+
 def library_path(cc: list[str]) -> Path:
-    """The built library's path for this source, compiler and set of flags."""
+    """The built library's path for this source, its specs, compiler and set of flags."""
     digest = hashlib.sha256()
     for part in (*cc, *FLAGS, *LIBS, platform.machine()):
         digest.update(part.encode() + b"\0")
     for source in (*SOURCES, *HEADERS):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for name, text in sorted(generated_sources().items()):
+        digest.update(name.encode() + b"\0" + text.encode())
     return cache_dir() / "native" / f"pyroopt_native-{digest.hexdigest()[:16]}.so"
 
 
@@ -131,20 +160,30 @@ def build() -> Path:
     fd, partial = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
     os.close(fd)
     try:
-        command = [*cc, *FLAGS, "-o", partial, *map(str, SOURCES), *LIBS]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True)
-        except OSError as error:  # the compiler named by $CC does not exist
-            raise NativeBuildError(f"{shlex.join(command)} could not run: {error}") from error
-        if done.returncode != 0:
-            raise NativeBuildError(
-                f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stderr}"
-            )
+        with tempfile.TemporaryDirectory(prefix="pyroopt_native.") as generated:
+            for name, text in generated_sources().items():
+                Path(generated, name).write_text(text)
+            sources = [*map(str, plain_sources()), *sorted(map(str, Path(generated).glob("*.c")))]
+            command = [*cc, *FLAGS, "-I", str(_HERE), "-I", generated, "-o", partial, *sources]
+            _compile([*command, *LIBS])
         os.replace(partial, target)  # atomic: a reader never sees half a library
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _compile(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the compiler; :class:`NativeBuildError` with its output where it fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:  # the compiler named by $CC does not exist
+        raise NativeBuildError(f"{shlex.join(command)} could not run: {error}") from error
+    if done.returncode != 0:
+        raise NativeBuildError(
+            f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stderr}"
+        )
+    return done
 
 
 def verdict_path(kind: str, library: Path, *depends_on: str) -> Path:
@@ -259,7 +298,13 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         lib = ctypes.CDLL(str(build()))
     except (NativeBuildError, OSError) as error:
         return None, str(error)
-    from pyroopt.native import _entry
+    from pyroopt.native import _entry, _spec, specs
+
+    try:
+        for spec in specs.ALL:
+            spec.check_layout(lib)
+    except _spec.LayoutMismatch as error:
+        return None, str(error)
 
     lib.pyroopt_use_openmp.argtypes = [ctypes.c_void_p] * 3
     lib.pyroopt_use_openmp.restype = None

@@ -17,7 +17,7 @@ import ctypes
 import functools
 import operator
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,21 +25,14 @@ from torch import Tensor
 
 from pyroopt import native
 from pyroopt._compat import increment_version
+from pyroopt.native._spec import Spec
 
-#: a C ``T *const *``: one data pointer per tensor
-POINTERS = ctypes.POINTER(ctypes.c_void_p)
-#: a C ``const int64_t *``
-INT64S = ctypes.POINTER(ctypes.c_int64)
-#: a C ``const unsigned char *``: one flag per tensor
-FLAGS = ctypes.POINTER(ctypes.c_ubyte)
-#: a C ``const double *``: one coefficient per tensor
-DOUBLES = ctypes.POINTER(ctypes.c_double)
 #: the float dtypes the loops are compiled for, and their symbol suffixes
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def typed(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
-    """The C function ``{name}_{suffix}`` for ``dtype``, typed, once the library's
+def typed(spec: Spec, dtype: torch.dtype) -> Any:
+    """The C function ``{spec.name}_{suffix}`` for ``dtype``, typed, once the library's
     self-check (:mod:`pyroopt.native.selfcheck`) has found it equal to torch's optimizer
     here; ``None`` without the library, for a dtype the loops are not compiled for, or for
     a loop the check turned off (the rule then runs its chain of torch ops).
@@ -47,23 +40,23 @@ def typed(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
     Callers cache what it returns (in a cache that tests clear with the library's), so
     the check costs nothing per call after the first lookup.
     """
-    function = unchecked(name, dtype, argtypes)
+    function = unchecked(spec, dtype)
     if function is None:
         return None
     from pyroopt.native import selfcheck  # it imports the wrappers, which import this module
 
-    return function if selfcheck.reason_off(name, dtype) is None else None
+    return function if selfcheck.reason_off(spec.name, dtype) is None else None
 
 
-def unchecked(name: str, dtype: torch.dtype, argtypes: Sequence[Any]) -> Any:
-    """The C function ``{name}_{suffix}`` for ``dtype``, typed, whatever the self-check
-    says of it; ``None`` without the library or for a dtype the loops are not compiled
-    for."""
+def unchecked(spec: Spec, dtype: torch.dtype) -> Any:
+    """The C function ``{spec.name}_{suffix}`` for ``dtype``, typed (it takes the
+    arguments struct of ``spec``), whatever the self-check says of it; ``None`` without
+    the library or for a dtype the loops are not compiled for."""
     lib = native.library() if dtype in SUFFIXES else None
     if lib is None:
         return None
-    function = getattr(lib, f"{name}_{SUFFIXES[dtype]}")
-    function.argtypes = list(argtypes)
+    function = getattr(lib, f"{spec.name}_{SUFFIXES[dtype]}")
+    function.argtypes = [ctypes.POINTER(spec.structure)]
     function.restype = ctypes.c_int
     return function
 
@@ -158,47 +151,51 @@ NUMEL_PER_THREAD = 1 << 20
 
 def run_loop(
     function_for: Callable[[torch.dtype], Any],
-    slots: Sequence[Sequence[Tensor] | None],
-    rest: Sequence[Any],
+    spec: Spec,
+    tensors: Mapping[str, Sequence[Tensor] | None],
+    values: Mapping[str, Any],
     *,
     min_per_thread: int,
-    root: bool,
     writes_grads: bool = False,
 ) -> bool:
-    """Run the C loop ``function_for(dtype)`` on lists of tensors; ``False`` (nothing
-    changed) if it cannot run here.
+    """Run the C loop ``function_for(dtype)`` of ``spec`` on lists of tensors; ``False``
+    (nothing changed) if it cannot run here.
 
-    ``slots`` are its tensor lists in the C order, the parameters first and the
-    gradients second; ``None`` stands for a list the loop does not read under these
-    options (the parameters' pointers are passed in its place). The call is
-    ``function(n, *pointers, numels, *rest, [root,] threads, min_per_thread)``, with
-    torch's own square root for the dtype where ``root``. Every list it wrote (all but
-    the gradients, unless ``writes_grads``) is then marked modified for autograd.
+    ``tensors`` are its tensor lists by field name, ``"params"`` first and ``"grads"``
+    second; ``None`` stands for a list the loop does not read under these options (the
+    parameters' pointers are passed in its place). ``values`` are its other fields by
+    name; the fields every loop takes (the counts, torch's square root for the dtype
+    where the loop takes roots, the threads) are added here, and the struct is filled
+    by name (:meth:`~pyroopt.native._spec.Spec.pack`). Every list it wrote (all but the
+    gradients, unless ``writes_grads``) is then marked modified for autograd.
     """
-    params = slots[0]
+    params = tensors["params"]
     assert params is not None
-    function = function_for(params[0].dtype)
+    dtype = params[0].dtype
+    function = function_for(dtype)
     if function is None:
         return False
+    slots = list(tensors.values())
     lists = [ts for ts in slots if ts is not None]
     prepared = _prepared(slots, lists)
     if prepared is None:
         return False
     arrays, numels = prepared
-    roots = (sqrt_function(params[0].dtype),) if root else ()
-    function(
-        len(params),
-        *arrays,
-        numels,
-        *rest,
-        *roots,
-        threads(),
-        min_per_thread,
+    fields = dict(zip(tensors, arrays, strict=True))
+    fields.update(values)
+    fields.update(
+        n_tensors=len(params), numels=numels, n_threads=threads(), min_per_thread=min_per_thread
     )
-    written = lists if writes_grads else [lists[0], *lists[2:]]
+    if spec.root:
+        fields["root"] = sqrt_function(dtype)
+    function(spec.pack(fields))
+    grads = tensors["grads"]
+    written = lists if writes_grads else [ts for ts in lists if ts is not grads]
     # Tuples are an engine's own views of its flat buffers, which no graph saves (the
     # engine bumps its parameters' versions itself); every other tensor is marked.
-    mark_modified([t for ts in written if not isinstance(ts, tuple) for t in ts])
+    marked = [t for ts in written if not isinstance(ts, tuple) for t in ts]
+    if marked:
+        mark_modified(marked)
     return True
 
 
@@ -309,6 +306,16 @@ def flags(values: Sequence[bool]) -> Any:
 
 def doubles(values: Sequence[float]) -> Any:
     return _c_array(ctypes.c_double, "d", values)
+
+
+def step_counts(steps: Sequence[int], n: int) -> Any:
+    """The C array of ``n`` tensors' step counts, from one count per tensor or one for
+    all; a ``ValueError`` for any other number of counts."""
+    if len(steps) == n:
+        return int64s(steps)
+    if len(steps) == 1:
+        return int64s([steps[0]] * n)
+    raise ValueError(f"{len(steps)} step counts for {n} tensors")
 
 
 def threads() -> int:

@@ -9,7 +9,7 @@ Example::
 
     >>> import torch
     >>> p, g, s = torch.zeros(2), torch.tensor([3.0, -1.0]), torch.zeros(2)
-    >>> adagrad_rmsprop_update([p], [g], [s], [True], [-1.0], t=0.1)
+    >>> adagrad_rmsprop_update([p], [g], [s], [1], eta=1.0, delta=0.0, t=0.1)
     True
     >>> p, s  # g / (1 + |g|) on the first step
     (tensor([-0.7500,  0.5000]), tensor([9., 1.]))
@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,21 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyroopt.native import _entry
+from pyroopt.native import _entry, specs
 
-#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
-LOOP = "pyroopt_adagrad_rmsprop"
-ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 3,  # params, grads, sums
-    _entry.INT64S,  # numels
-    _entry.FLAGS,  # fresh: first step, the sum becomes g * g
-    _entry.DOUBLES,  # -eta * step ** (-0.5 + delta) per tensor
-    *[ctypes.c_double] * 2,  # 1 - t, t
-    ctypes.c_void_p,  # torch's vector square root, or NULL
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its arguments
+SPEC = specs.ADAGRAD_RMSPROP
+LOOP = SPEC.name
 
 #: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
 MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
@@ -47,39 +36,40 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed(LOOP, dtype, ARGTYPES)
+    return _entry.typed(SPEC, dtype)
 
 
 def adagrad_rmsprop_update(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
     sums: Sequence[Tensor],
-    fresh: Sequence[bool],
-    neg_lrs: Sequence[float],
+    steps: Sequence[int],
     *,
+    eta: float,
+    delta: float,
     t: float,
     function_for: Callable[[torch.dtype], Any] | None = None,
 ) -> bool:
     """One AdagradRMSProp step of every tensor in place; ``False`` (nothing changed) if
     it cannot run.
 
-    ``neg_lrs`` holds each tensor's ``-lr``, pyro's ``eta * step ** (-0.5 + delta)``
-    negated; on a tensor's first step (``fresh``) its sum becomes ``g * g``, whatever
-    ``sums`` holds. It runs where :func:`pyroopt.native.sgd.sgd_update` does.
+    ``steps`` are the counts after this step, one per tensor or one for all; the loop
+    computes each tensor's step size, pyro's ``eta * step ** (-0.5 + delta)``, from its
+    count as pyro does in Python (:file:`coefficients.h`). On a tensor's first step its
+    sum becomes ``g * g``, whatever ``sums`` holds. It runs where
+    :func:`pyroopt.native.sgd.sgd_update` does.
 
     ``function_for`` picks the C function per dtype: by default this module's, which the
     library's self-check (:mod:`pyroopt.native.selfcheck`) has passed; the check itself
     passes the unchecked one.
     """
-    if not (len(fresh) == len(neg_lrs) == len(params)):
-        raise ValueError(f"{len(fresh)} flags and {len(neg_lrs)} rates for {len(params)} tensors")
     if not params:
         return True
-    rest = (_entry.flags(fresh), _entry.doubles(neg_lrs), 1.0 - t, t)
+    values = {"steps": _entry.step_counts(steps, len(params)), "eta": eta, "delta": delta, "t": t}
     return _entry.run_loop(
         function_for or _function,
-        (params, grads, sums),
-        rest,
+        SPEC,
+        {"params": params, "grads": grads, "sums": sums},
+        values,
         min_per_thread=MIN_NUMEL_PER_THREAD,
-        root=True,
     )

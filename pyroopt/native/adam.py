@@ -19,45 +19,18 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pyroopt.native import _entry
+from pyroopt.native import _entry, specs
 
-#: the C loops (``{name}_f32``, ``{name}_f64``) and their C signatures
-ADAM_LOOP = "pyroopt_adam"
-CLIPPED_LOOP = "pyroopt_clipped_adam"
-ADAM_ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 5,  # params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq
-    _entry.INT64S,  # numels
-    _entry.DOUBLES,  # per tensor: -lr / (1 - beta1^t)
-    _entry.DOUBLES,  # per tensor: (1 - beta2^t) ** 0.5
-    *[ctypes.c_double] * 6,  # 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr wd
-    ctypes.c_int,  # decay: 0 none, 1 L2, 2 decoupled
-    ctypes.c_int,  # amsgrad
-    ctypes.c_int,  # maximize
-    ctypes.c_void_p,  # torch's vector square root, or NULL
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
-CLIPPED_ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 4,  # params, grads, exp_avg, exp_avg_sq
-    _entry.INT64S,  # numels
-    _entry.DOUBLES,  # per tensor: -(lr sqrt(1 - beta2^t) / (1 - beta1^t))
-    *[ctypes.c_double] * 7,  # clip_norm, beta1, 1 - beta1, beta2, 1 - beta2, eps, wd
-    ctypes.c_int,  # centered_variance
-    ctypes.c_void_p,  # torch's vector square root, or NULL
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
+#: the C loops (``{name}_f32``, ``{name}_f64``) and their arguments
+ADAM_SPEC, CLIPPED_SPEC = specs.ADAM, specs.CLIPPED_ADAM
+ADAM_LOOP, CLIPPED_LOOP = ADAM_SPEC.name, CLIPPED_SPEC.name
 
 #: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
 MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
@@ -65,20 +38,12 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _adam_function(dtype: torch.dtype) -> Any:
-    return _entry.typed(ADAM_LOOP, dtype, ADAM_ARGTYPES)
+    return _entry.typed(ADAM_SPEC, dtype)
 
 
 @functools.cache
 def _clipped_function(dtype: torch.dtype) -> Any:
-    return _entry.typed(CLIPPED_LOOP, dtype, CLIPPED_ARGTYPES)
-
-
-def _per_tensor(steps: Sequence[int], n: int) -> Sequence[int]:
-    if len(steps) == n:
-        return steps
-    if len(steps) == 1:
-        return [steps[0]] * n
-    raise ValueError(f"{len(steps)} step counts for {n} tensors")
+    return _entry.typed(CLIPPED_SPEC, dtype)
 
 
 def adam_update(
@@ -100,7 +65,9 @@ def adam_update(
 ) -> bool:
     """One Adam step of every tensor in place; ``False`` (nothing changed) if it cannot run.
 
-    ``steps`` are the counts after this step, one per tensor or one for all.
+    ``steps`` are the counts after this step, one per tensor or one for all; the loop
+    computes each tensor's bias corrections from its count as torch does in Python
+    (:file:`coefficients.h`).
     ``max_exp_avg_sqs`` are used only under ``amsgrad`` (else may be empty);
     ``decoupled`` is AdamW's weight decay. It runs when the native library is loaded and
     all tensors are contiguous (not lazily negated), on the CPU, of one dtype (float32
@@ -112,29 +79,30 @@ def adam_update(
     """
     if not params:
         return True
-    steps = _per_tensor(steps, len(params))
-    beta1, beta2 = betas
-    # torch.optim.Adam's own expressions, in Python floats (step_size = lr / bc1, then
-    # negated; bias_correction2 ** 0.5)
-    step_sizes = [-(lr / (1 - beta1**t)) for t in steps]
-    bc2_sqrts = [(1 - beta2**t) ** 0.5 for t in steps]
-    decay = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    slots = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
-    rest = (
-        _entry.doubles(step_sizes),
-        _entry.doubles(bc2_sqrts),
-        1 - beta1,
-        beta2,
-        1 - beta2,
-        eps,
-        weight_decay,
-        1 - lr * weight_decay,
-        decay,
-        int(amsgrad),
-        int(maximize),
-    )
+    tensors = {
+        "params": params,
+        "grads": grads,
+        "exp_avgs": exp_avgs,
+        "exp_avg_sqs": exp_avg_sqs,
+        "max_exp_avg_sqs": max_exp_avg_sqs if amsgrad else None,
+    }
+    values = {
+        "steps": _entry.step_counts(steps, len(params)),
+        "lr": lr,
+        "beta1": betas[0],
+        "beta2": betas[1],
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "decay": 0 if weight_decay == 0 else (2 if decoupled else 1),
+        "amsgrad": int(amsgrad),
+        "maximize": int(maximize),
+    }
     return _entry.run_loop(
-        function_for or _adam_function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+        function_for or _adam_function,
+        ADAM_SPEC,
+        tensors,
+        values,
+        min_per_thread=MIN_NUMEL_PER_THREAD,
     )
 
 
@@ -165,26 +133,22 @@ def clipped_adam_update(
     """
     if not params:
         return True
-    steps = _per_tensor(steps, len(params))
-    beta1, beta2 = betas
-    # pyro's step_size = lr * math.sqrt(bias_correction2) / bias_correction1, negated
-    step_sizes = [-(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)) for t in steps]
-    rest = (
-        _entry.doubles(step_sizes),
-        clip_norm,
-        beta1,
-        1 - beta1,
-        beta2,
-        1 - beta2,
-        eps,
-        weight_decay,
-        int(centered_variance),
-    )
+    tensors = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    values = {
+        "steps": _entry.step_counts(steps, len(params)),
+        "lr": lr,
+        "beta1": betas[0],
+        "beta2": betas[1],
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "clip_norm": clip_norm,
+        "centered_variance": int(centered_variance),
+    }
     return _entry.run_loop(
         function_for or _clipped_function,
-        (params, grads, exp_avgs, exp_avg_sqs),
-        rest,
+        CLIPPED_SPEC,
+        tensors,
+        values,
         min_per_thread=MIN_NUMEL_PER_THREAD,
-        root=True,
         writes_grads=True,  # clamped in place, as pyro does
     )

@@ -93,6 +93,8 @@ static int default_mode(void) { return (_mm_getcsr() & MODE_BITS) == DEFAULT_MOD
 
 void pyroopt_use_newton_root(int on) { newton_on = on && __builtin_cpu_supports("avx"); }
 
+int pyroopt_newton_root_on(void) { return newton_on; }
+
 int pyroopt_newton_root_f32(float *x, int64_t n) {
     return newton_on && default_mode() && newton_roots(x, n);
 }
@@ -166,6 +168,8 @@ int64_t pyroopt_newton_root_check(vsqrt_f32 fn, uint32_t lo, uint32_t hi, int n_
 #else /* not x86-64: no estimate instruction to reproduce */
 
 void pyroopt_use_newton_root(int on) { (void)on; }
+
+int pyroopt_newton_root_on(void) { return 0; }
 
 int pyroopt_newton_root_f32(float *x, int64_t n) {
     (void)x;

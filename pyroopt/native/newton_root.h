@@ -38,6 +38,9 @@
 /* Turn the Newton root on (1) or off (0) for the loops of this process. */
 void pyroopt_use_newton_root(int on);
 
+/* Whether it is on. */
+int pyroopt_newton_root_on(void);
+
 /* The roots of x[0..n) in place, if the Newton root is on and may take all of them:
  * 1; else 0, and x is untouched. */
 int pyroopt_newton_root_f32(float *x, int64_t n);

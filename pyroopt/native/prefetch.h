@@ -25,25 +25,53 @@
 
 #include <stdint.h>
 
-#include "vsqrt.h"
+#include "element.h"
 
+#ifndef PYROOPT_PREFETCH_BYTES /* -D overrides it, to measure another */
 #define PYROOPT_PREFETCH_BYTES 2560
+#endif
 #define PYROOPT_CACHE_LINE 64
 
-/* Whether, for the block at element `lo` of an array of `n` elements of type T, the
- * block-long window PYROOPT_PREFETCH_BYTES ahead lies inside the array. */
-#define PYROOPT_AHEAD_FITS(lo, n, T)                                                   \
-    ((lo) + (int64_t)(PYROOPT_PREFETCH_BYTES / sizeof(T)) + PYROOPT_SQRT_BLOCK <= (n))
+/* Whether, for the block of `block` elements at element `lo` of an array of `n`
+ * elements, the block-long window PYROOPT_PREFETCH_BYTES ahead lies inside the array. */
+static inline __attribute__((always_inline)) int prefetch_fits(int64_t lo, int64_t n,
+                                                               int64_t block) {
+    return lo + (int64_t)(PYROOPT_PREFETCH_BYTES / sizeof(scalar_t)) + block <= n;
+}
 
-/* Prefetch, into every cache level, the PYROOPT_SQRT_BLOCK elements that start
- * PYROOPT_PREFETCH_BYTES after `block` (a typed pointer); `write` (a constant): 1
- * where the loop will write them. */
-#define PYROOPT_PREFETCH_AHEAD(block, write)                                           \
-    do {                                                                               \
-        const char *ahead_ = (const char *)(block) + PYROOPT_PREFETCH_BYTES;           \
-        for (int64_t at_ = 0; at_ < PYROOPT_SQRT_BLOCK * (int64_t)sizeof(*(block));    \
-             at_ += PYROOPT_CACHE_LINE)                                                \
-            __builtin_prefetch(ahead_ + at_, write, 3);                                \
-    } while (0)
+/* Prefetch, into every cache level, the `length` elements that start
+ * PYROOPT_PREFETCH_BYTES after `block`, which the loop will read (and not write). */
+static inline __attribute__((always_inline)) void prefetch_to_read(const scalar_t *block,
+                                                                   int64_t length) {
+    const char *ahead = (const char *)block + PYROOPT_PREFETCH_BYTES;
+    for (int64_t at = 0; at < length * (int64_t)sizeof(scalar_t); at += PYROOPT_CACHE_LINE)
+        __builtin_prefetch(ahead + at, 0, 3);
+}
+
+/* The same for elements the loop will write. */
+static inline __attribute__((always_inline)) void prefetch_to_write(const scalar_t *block,
+                                                                    int64_t length) {
+    const char *ahead = (const char *)block + PYROOPT_PREFETCH_BYTES;
+    for (int64_t at = 0; at < length * (int64_t)sizeof(scalar_t); at += PYROOPT_CACHE_LINE)
+        __builtin_prefetch(ahead + at, 1, 3);
+}
+
+/* For the block of `block` elements at element `lo` of arrays of `n` elements, where
+ * the window ahead lies inside them: prefetch it for the stream the loop reads and for
+ * each stream it writes (NULL: a stream the loop has not under its options). */
+static inline __attribute__((always_inline)) void prefetch_ahead(int64_t lo, int64_t n,
+                                                                 int64_t block,
+                                                                 const scalar_t *read,
+                                                                 const scalar_t *write0,
+                                                                 const scalar_t *write1,
+                                                                 const scalar_t *write2,
+                                                                 const scalar_t *write3) {
+    if (!prefetch_fits(lo, n, block)) return;
+    prefetch_to_read(read, block);
+    if (write0) prefetch_to_write(write0, block);
+    if (write1) prefetch_to_write(write1, block);
+    if (write2) prefetch_to_write(write2, block);
+    if (write3) prefetch_to_write(write3, block);
+}
 
 #endif

@@ -2,158 +2,114 @@
  *
  * For every element, with g negated first under `maximize` and w = 1 - alpha:
  *
- *     g   = fma(weight_decay, param, g)                  if weight_decay != 0
- *     v   = fma(w * g, g, v * alpha)                     (mul_, then addcmul_)
- *     m   = lerp(m, g, w)                                centered
- *     d   = sqrt(centered ? fma(-1 * m, m, v) : v) + eps
- *     buf = buf * momentum + g / d;  param = fma(-lr, buf, param)   momentum > 0
- *     param = param + (-lr * g) / d                                  otherwise
+ *     g   = g.add(param, alpha=weight_decay)              if weight_decay != 0
+ *     v   = (v * alpha).addcmul(g, g, value=w)
+ *     m   = m.lerp(g, w)                                  centered
+ *     d   = sqrt(centered ? v.addcmul(m, m, value=-1) : v) + eps
+ *     buf = (buf * momentum).addcdiv(g, d);  param = param.add(buf, alpha=-lr)
+ *                                                         momentum > 0
+ *     param = param.addcdiv(g, d, value=-lr)              otherwise
  *
  * which is torch.optim.RMSprop's single-tensor update operation for operation in the
- * tensor's own precision. On the CPU torch fuses the multiply-add of `add(alpha=)`,
- * `addcmul` (value * t1 rounded first) and `lerp` (fma(w, end - self, self) for
- * |w| < 0.5, else fma(w - 1, end - self, end)); `addcdiv` is self + (value * t1) / t2.
- * Signs are flipped, and -1 multiplied, as signbit.h says.
+ * tensor's own precision, with torch's roundings (torch_ops.h).
  */
-#include <math.h>
-#include <stdint.h>
+#include "rule.h"
 
-#include "parallel.h"
-#include "prefetch.h"
-#include "signbit.h"
-#include "vsqrt.h"
+/* A call's arguments, and what every element of it shares, in the element type. */
+typedef struct {
+    const pyroopt_rmsprop_args *args;
+    bits_t flip; /* SIGN_BIT under `maximize` */
+    scalar_t weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr;
+    scalar_t minus_one; /* -1, which the compiler must not see (torch_ops.h) */
+    torch_lerp_weight lerp_weight; /* 1 - alpha */
+    vsqrt_fn root;
+} rmsprop_call;
 
-#define DEFINE_RMSPROP(SUFFIX, T, FMA, ABS, SQRT)                                      \
-    static inline __attribute__((always_inline)) void rmsprop_body_##SUFFIX(           \
-        T *restrict param, const T *restrict grad, T *restrict sq, T *restrict avg,    \
-        T *restrict buf, int64_t n, pyroopt_mask_##SUFFIX flip, T wd, T alpha, T w,    \
-        T eps, T momentum, T neg_lr, T minus_one, vsqrt_##SUFFIX root,                 \
-        const int decay, const int centered, const int with_momentum) {                \
-        const int small = ABS(w) < (T)0.5;                                             \
-        const T w_minus_one = w - (T)1;                                                \
-        T d[PYROOPT_SQRT_BLOCK];                                                       \
-        for (int64_t lo = 0; lo < n; lo += PYROOPT_SQRT_BLOCK) {                       \
-            int64_t m = n - lo < PYROOPT_SQRT_BLOCK ? n - lo : PYROOPT_SQRT_BLOCK;     \
-            T *p = param + lo, *v = sq + lo, *a = centered ? avg + lo : 0;             \
-            T *b = with_momentum ? buf + lo : 0;                                       \
-            const T *gr = grad + lo;                                                   \
-            if (PYROOPT_AHEAD_FITS(lo, n, T)) {                                        \
-                PYROOPT_PREFETCH_AHEAD(gr, 0);                                         \
-                PYROOPT_PREFETCH_AHEAD(v, 1);                                          \
-                if (centered) PYROOPT_PREFETCH_AHEAD(a, 1);                            \
-                if (with_momentum) PYROOPT_PREFETCH_AHEAD(b, 1);                       \
-                PYROOPT_PREFETCH_AHEAD(p, 1);                                          \
-            }                                                                          \
-            for (int64_t i = 0; i < m; ++i) {                                          \
-                T g = pyroopt_flip_##SUFFIX(gr[i], flip);                              \
-                if (decay) g = FMA(wd, p[i], g);                                       \
-                T vi = FMA(w * g, g, v[i] * alpha);                                    \
-                v[i] = vi;                                                             \
-                if (centered) {                                                        \
-                    T mi = a[i];                                                       \
-                    T diff = g - mi;                                                   \
-                    mi = small ? FMA(w, diff, mi) : FMA(w_minus_one, diff, g);         \
-                    a[i] = mi;                                                         \
-                    d[i] = FMA(minus_one * mi, mi, vi);                                \
-                } else {                                                               \
-                    d[i] = vi;                                                         \
-                }                                                                      \
-            }                                                                          \
-            block_sqrt_##SUFFIX(root, d, m);                                           \
-            for (int64_t i = 0; i < m; ++i) {                                          \
-                T g = pyroopt_flip_##SUFFIX(gr[i], flip);                              \
-                if (decay) g = FMA(wd, p[i], g);                                       \
-                T di = d[i] + eps;                                                     \
-                if (with_momentum) {                                                   \
-                    T bi = b[i] * momentum + g / di;                                   \
-                    b[i] = bi;                                                         \
-                    p[i] = FMA(neg_lr, bi, p[i]);                                      \
-                } else {                                                               \
-                    p[i] = p[i] + (neg_lr * g) / di;                                   \
-                }                                                                      \
-            }                                                                          \
-        }                                                                              \
-    }                                                                                  \
-                                                                                       \
-    PYROOPT_VECTOR_CLONES                                                              \
-    static void rmsprop_range_##SUFFIX(T *restrict param, const T *restrict grad,      \
-                                       T *restrict sq, T *restrict avg,                \
-                                       T *restrict buf, int64_t n,                     \
-                                       pyroopt_mask_##SUFFIX flip, T wd, T alpha, T w, \
-                                       T eps, T momentum, T neg_lr, T minus_one,       \
-                                       vsqrt_##SUFFIX root, int decay, int centered,   \
-                                       int with_momentum) {                            \
-        switch ((decay ? 4 : 0) | (centered ? 2 : 0) | (with_momentum ? 1 : 0)) {      \
-        case 0: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 0, 0, 0); break;      \
-        case 1: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 0, 0, 1); break;      \
-        case 2: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 0, 1, 0); break;      \
-        case 3: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 0, 1, 1); break;      \
-        case 4: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 1, 0, 0); break;      \
-        case 5: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 1, 0, 1); break;      \
-        case 6: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,   \
-                      w, eps, momentum, neg_lr, minus_one, root, 1, 1, 0); break;      \
-        default: rmsprop_body_##SUFFIX(param, grad, sq, avg, buf, n, flip, wd, alpha,  \
-                      w, eps, momentum, neg_lr, minus_one, root, 1, 1, 1); break;      \
-        }                                                                              \
-    }                                                                                  \
-                                                                                       \
-    typedef struct {                                                                   \
-        T *const *params;                                                              \
-        const T *const *grads;                                                         \
-        T *const *sqs;                                                                 \
-        T *const *avgs;                                                                \
-        T *const *bufs;                                                                \
-        pyroopt_mask_##SUFFIX flip;                                                    \
-        T wd, alpha, w, eps, momentum, neg_lr, minus_one;                              \
-        vsqrt_##SUFFIX root;                                                           \
-        int decay, centered, with_momentum;                                            \
-    } rmsprop_args_##SUFFIX;                                                           \
-                                                                                       \
-    static void rmsprop_piece_##SUFFIX(const void *ctx, int64_t k, int64_t lo,         \
-                                       int64_t hi) {                                   \
-        const rmsprop_args_##SUFFIX *a = ctx;                                          \
-        rmsprop_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo, a->sqs[k] + lo,    \
-                               a->centered ? a->avgs[k] + lo : 0,                      \
-                               a->with_momentum ? a->bufs[k] + lo : 0, hi - lo,        \
-                               a->flip, a->wd, a->alpha, a->w, a->eps, a->momentum,    \
-                               a->neg_lr, a->minus_one, a->root, a->decay,             \
-                               a->centered, a->with_momentum);                         \
-    }                                                                                  \
-                                                                                       \
-    int pyroopt_rmsprop_##SUFFIX(int64_t n_tensors, T *const *params,                  \
-                                 const T *const *grads, T *const *sqs,                 \
-                                 T *const *avgs, T *const *bufs,                       \
-                                 const int64_t *numels, double lr, double alpha,       \
-                                 double one_minus_alpha, double eps,                   \
-                                 double weight_decay, double momentum, int centered,   \
-                                 int maximize, void *root, int n_threads,              \
-                                 int64_t min_per_thread) {                             \
-        rmsprop_args_##SUFFIX a = {params,                                             \
-                                   grads,                                              \
-                                   sqs,                                                \
-                                   avgs,                                               \
-                                   bufs,                                               \
-                                   maximize ? PYROOPT_SIGN_BIT_##SUFFIX : 0,           \
-                                   (T)weight_decay,                                    \
-                                   (T)alpha,                                           \
-                                   (T)one_minus_alpha,                                 \
-                                   (T)eps,                                             \
-                                   (T)momentum,                                        \
-                                   (T)(-lr),                                           \
-                                   (T)-1,                                              \
-                                   (vsqrt_##SUFFIX)root,                               \
-                                   weight_decay != 0,                                  \
-                                   centered,                                           \
-                                   momentum > 0};                                      \
-        return pyroopt_parallel(n_tensors, numels, n_threads, min_per_thread,          \
-                                rmsprop_piece_##SUFFIX, &a);                           \
+static inline __attribute__((always_inline)) void rmsprop_body(
+    scalar_t *restrict param, const scalar_t *restrict grad, scalar_t *restrict square_avg,
+    scalar_t *restrict grad_avg, scalar_t *restrict momentum_buffer, int64_t n,
+    const rmsprop_call *c, const int decay, const int centered, const int with_momentum) {
+    const bits_t flip = c->flip;
+    const scalar_t wd = c->weight_decay, alpha = c->alpha, w = c->one_minus_alpha;
+    const scalar_t eps = c->eps, momentum = c->momentum, neg_lr = c->neg_lr;
+    const scalar_t minus_one = c->minus_one;
+    const torch_lerp_weight lerp_w = c->lerp_weight;
+    const vsqrt_fn root = c->root;
+    const int64_t block = root_block();
+    scalar_t d[PYROOPT_SQRT_BLOCK];
+    for (int64_t lo = 0; lo < n; lo += block) {
+        const int64_t len = block_length(lo, n, block);
+        scalar_t *p = param + lo, *v = square_avg + lo, *a = centered ? grad_avg + lo : 0;
+        scalar_t *b = with_momentum ? momentum_buffer + lo : 0;
+        const scalar_t *gr = grad + lo;
+        prefetch_ahead(lo, n, block, gr, v, a, b, p);
+        for (int64_t i = 0; i < len; ++i) {
+            scalar_t g = torch_neg_if(gr[i], flip);
+            if (decay) g = torch_add_alpha(g, p[i], wd);
+            const scalar_t vi = torch_addcmul(v[i] * alpha, g, g, w);
+            v[i] = vi;
+            if (centered) {
+                const scalar_t mi = torch_lerp(a[i], g, lerp_w);
+                a[i] = mi;
+                d[i] = torch_addcmul(vi, mi, mi, minus_one);
+            } else {
+                d[i] = vi;
+            }
+        }
+        block_sqrt(root, d, len);
+        for (int64_t i = 0; i < len; ++i) {
+            scalar_t g = torch_neg_if(gr[i], flip);
+            if (decay) g = torch_add_alpha(g, p[i], wd);
+            const scalar_t di = d[i] + eps;
+            if (with_momentum) {
+                const scalar_t bi = b[i] * momentum + g / di; /* addcdiv, value 1 */
+                b[i] = bi;
+                p[i] = torch_add_alpha(p[i], bi, neg_lr);
+            } else {
+                p[i] = torch_addcdiv(p[i], g, di, neg_lr);
+            }
+        }
     }
+}
 
-DEFINE_RMSPROP(f32, float, fmaf, fabsf, sqrtf)
-DEFINE_RMSPROP(f64, double, fma, fabs, sqrt)
+/* The body compiled once per option, so that each vectorizes without branches. */
+PYROOPT_VECTOR_CLONES
+static void TYPED(rmsprop_range)(scalar_t *restrict p, const scalar_t *restrict g,
+                                 scalar_t *restrict v, scalar_t *restrict a,
+                                 scalar_t *restrict b, int64_t n, const rmsprop_call *c,
+                                 int decay, int centered, int with_momentum) {
+    switch ((decay ? 4 : 0) | (centered ? 2 : 0) | (with_momentum ? 1 : 0)) {
+    case 0: rmsprop_body(p, g, v, a, b, n, c, 0, 0, 0); break;
+    case 1: rmsprop_body(p, g, v, a, b, n, c, 0, 0, 1); break;
+    case 2: rmsprop_body(p, g, v, a, b, n, c, 0, 1, 0); break;
+    case 3: rmsprop_body(p, g, v, a, b, n, c, 0, 1, 1); break;
+    case 4: rmsprop_body(p, g, v, a, b, n, c, 1, 0, 0); break;
+    case 5: rmsprop_body(p, g, v, a, b, n, c, 1, 0, 1); break;
+    case 6: rmsprop_body(p, g, v, a, b, n, c, 1, 1, 0); break;
+    default: rmsprop_body(p, g, v, a, b, n, c, 1, 1, 1); break;
+    }
+}
+
+static void rmsprop_piece(const void *ctx, int64_t k, int64_t lo, int64_t hi) {
+    const rmsprop_call *c = ctx;
+    const pyroopt_rmsprop_args *a = c->args;
+    const int with_momentum = a->momentum > 0;
+    scalar_t *const *grad_avgs = (scalar_t *const *)a->grad_avgs;
+    scalar_t *const *bufs = (scalar_t *const *)a->momentum_buffers;
+    TYPED(rmsprop_range)(((scalar_t *const *)a->params)[k] + lo,
+                         ((const scalar_t *const *)a->grads)[k] + lo,
+                         ((scalar_t *const *)a->square_avgs)[k] + lo,
+                         a->centered ? grad_avgs[k] + lo : 0, with_momentum ? bufs[k] + lo : 0,
+                         hi - lo, c, a->weight_decay != 0, a->centered,
+                         with_momentum);
+}
+
+int TYPED(pyroopt_rmsprop)(const pyroopt_rmsprop_args *a) {
+    const scalar_t w = (scalar_t)(1 - a->alpha);
+    rmsprop_call call = {a, a->maximize ? SIGN_BIT : 0, (scalar_t)a->weight_decay,
+                         (scalar_t)a->alpha, w, (scalar_t)a->eps, (scalar_t)a->momentum,
+                         (scalar_t)(-a->lr), (scalar_t)-1, torch_lerp_weight_of(w),
+                         (vsqrt_fn)a->root};
+    return pyroopt_parallel(a->n_tensors, a->numels, a->n_threads, a->min_per_thread,
+                            rmsprop_piece, &call);
+}

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,21 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyroopt.native import _entry
+from pyroopt.native import _entry, specs
 
-#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
-LOOP = "pyroopt_rmsprop"
-ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 5,  # params, grads, square_avg, grad_avg, momentum_buffer
-    _entry.INT64S,  # numels
-    *[ctypes.c_double] * 6,  # lr, alpha, 1 - alpha, eps, weight_decay, momentum
-    ctypes.c_int,  # centered
-    ctypes.c_int,  # maximize
-    ctypes.c_void_p,  # torch's vector square root, or NULL
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its arguments
+SPEC = specs.RMSPROP
+LOOP = SPEC.name
 
 #: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
 MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
@@ -48,7 +37,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed(LOOP, dtype, ARGTYPES)
+    return _entry.typed(SPEC, dtype)
 
 
 def rmsprop_update(
@@ -80,14 +69,22 @@ def rmsprop_update(
     """
     if not params:
         return True
-    slots = (
-        params,
-        grads,
-        square_avgs,
-        grad_avgs if centered else None,
-        bufs if momentum > 0 else None,
-    )
-    rest = (lr, alpha, 1 - alpha, eps, weight_decay, momentum, int(centered), int(maximize))
+    tensors = {
+        "params": params,
+        "grads": grads,
+        "square_avgs": square_avgs,
+        "grad_avgs": grad_avgs if centered else None,
+        "momentum_buffers": bufs if momentum > 0 else None,
+    }
+    values = {
+        "lr": lr,
+        "alpha": alpha,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "centered": int(centered),
+        "maximize": int(maximize),
+    }
     return _entry.run_loop(
-        function_for or _function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=True
+        function_for or _function, SPEC, tensors, values, min_per_thread=MIN_NUMEL_PER_THREAD
     )

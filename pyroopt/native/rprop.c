@@ -7,85 +7,57 @@
  *     f  = eta_plus if s > 0, eta_minus if s < 0, else 1   (NaN s counts as 0)
  *     step = clamp(step * f, step_min, step_max)           (NaN stays NaN)
  *     g  = 0 if s < 0
- *     param = param + (-1 * sign(g)) * step                (sign(NaN) = 0)
+ *     param = param.addcmul(sign(g), step, value=-1)       (sign(NaN) = 0)
  *     prev = g
  *
  * which is torch.optim.Rprop's single-tensor update, operation for operation in the
  * tensor's own precision, so results are bitwise equal to torch's.
- *
- * The elements of all tensors are split over up to `n_threads` threads by
- * pyroopt_parallel (parallel.h). No Python or torch headers: the library is loaded
- * with ctypes and handed data pointers.
  */
-#include <stdint.h>
+#include "rule.h"
 
-#include "parallel.h"
-#include "signbit.h"
+/* A call's arguments, and what every element of it shares, in the element type. */
+typedef struct {
+    const pyroopt_rprop_args *args;
+    bits_t flip; /* SIGN_BIT under `maximize` */
+    scalar_t lr, eta_minus, eta_plus, step_min, step_max;
+    scalar_t minus_one; /* -1, which the compiler must not see (torch_ops.h) */
+} rprop_call;
 
-#define DEFINE_RPROP(SUFFIX, T)                                                        \
-    PYROOPT_VECTOR_CLONES                                                              \
-    static void rprop_range_##SUFFIX(T *restrict param, const T *restrict grad,        \
-                                     T *restrict prev, T *restrict step, int64_t n,    \
-                                     int fresh, T lr, T eta_minus, T eta_plus,         \
-                                     T step_min, T step_max,                           \
-                                     pyroopt_mask_##SUFFIX flip, T minus_one) {        \
-        for (int64_t i = 0; i < n; ++i) {                                              \
-            T g = pyroopt_flip_##SUFFIX(grad[i], flip);                                \
-            T s = g * prev[i];                                                         \
-            T f = s > 0 ? eta_plus : (s < 0 ? eta_minus : (T)1);                       \
-            T st = (fresh ? lr : step[i]) * f;                                         \
-            st = st < step_min ? step_min : st;                                        \
-            st = st > step_max ? step_max : st;                                        \
-            g = s < 0 ? (T)0 : g;                                                      \
-            T sign_g = g > 0 ? (T)1 : (g < 0 ? (T)-1 : (T)0);                          \
-            /* addcmul(sign, step, value=-1): a NaN step keeps its sign (signbit.h) */ \
-            param[i] = param[i] + (minus_one * sign_g) * st;                           \
-            prev[i] = g;                                                               \
-            step[i] = st;                                                              \
-        }                                                                              \
-    }                                                                                  \
-                                                                                       \
-    typedef struct {                                                                   \
-        T *const *params;                                                              \
-        const T *const *grads;                                                         \
-        T *const *prevs;                                                               \
-        T *const *steps;                                                               \
-        const unsigned char *fresh;                                                    \
-        T lr, eta_minus, eta_plus, step_min, step_max, minus_one;                      \
-        pyroopt_mask_##SUFFIX flip;                                                    \
-    } rprop_args_##SUFFIX;                                                             \
-                                                                                       \
-    static void rprop_piece_##SUFFIX(const void *ctx, int64_t k, int64_t lo,           \
-                                     int64_t hi) {                                     \
-        const rprop_args_##SUFFIX *a = ctx;                                            \
-        rprop_range_##SUFFIX(a->params[k] + lo, a->grads[k] + lo, a->prevs[k] + lo,    \
-                             a->steps[k] + lo, hi - lo, a->fresh[k], a->lr,            \
-                             a->eta_minus, a->eta_plus, a->step_min, a->step_max,      \
-                             a->flip, a->minus_one);                                   \
-    }                                                                                  \
-                                                                                       \
-    int pyroopt_rprop_##SUFFIX(int64_t n_tensors, T *const *params,                    \
-                               const T *const *grads, T *const *prevs,                 \
-                               T *const *steps, const int64_t *numels,                 \
-                               const unsigned char *fresh, double lr,                  \
-                               double eta_minus, double eta_plus, double step_min,     \
-                               double step_max, int maximize, int n_threads,           \
-                               int64_t min_per_thread) {                               \
-        rprop_args_##SUFFIX a = {params,                                               \
-                                 grads,                                                \
-                                 prevs,                                                \
-                                 steps,                                                \
-                                 fresh,                                                \
-                                 (T)lr,                                                \
-                                 (T)eta_minus,                                         \
-                                 (T)eta_plus,                                          \
-                                 (T)step_min,                                          \
-                                 (T)step_max,                                          \
-                                 (T)-1,                                                \
-                                 maximize ? PYROOPT_SIGN_BIT_##SUFFIX : 0};            \
-        return pyroopt_parallel(n_tensors, numels, n_threads, min_per_thread,          \
-                                rprop_piece_##SUFFIX, &a);                             \
+PYROOPT_VECTOR_CLONES
+static void TYPED(rprop_range)(scalar_t *restrict param, const scalar_t *restrict grad,
+                               scalar_t *restrict prev, scalar_t *restrict step, int64_t n,
+                               int fresh, const rprop_call *c) {
+    const bits_t flip = c->flip;
+    const scalar_t lr = c->lr, eta_minus = c->eta_minus, eta_plus = c->eta_plus;
+    const scalar_t step_min = c->step_min, step_max = c->step_max, minus_one = c->minus_one;
+    for (int64_t i = 0; i < n; ++i) {
+        scalar_t g = torch_neg_if(grad[i], flip);
+        const scalar_t s = g * prev[i];
+        const scalar_t f = s > 0 ? eta_plus : (s < 0 ? eta_minus : (scalar_t)1);
+        const scalar_t st = torch_clamp((fresh ? lr : step[i]) * f, step_min, step_max);
+        g = s < 0 ? (scalar_t)0 : g;
+        /* addcmul(sign(g), step, value=-1): the product is exact (the sign is -1, 0 or
+         * 1), so it rounds as torch's fused one; a NaN step keeps its sign (torch_ops.h) */
+        param[i] = param[i] + (minus_one * torch_sign(g)) * st;
+        prev[i] = g;
+        step[i] = st;
     }
+}
 
-DEFINE_RPROP(f32, float)
-DEFINE_RPROP(f64, double)
+static void rprop_piece(const void *ctx, int64_t k, int64_t lo, int64_t hi) {
+    const rprop_call *c = ctx;
+    const pyroopt_rprop_args *a = c->args;
+    TYPED(rprop_range)(((scalar_t *const *)a->params)[k] + lo,
+                       ((const scalar_t *const *)a->grads)[k] + lo,
+                       ((scalar_t *const *)a->prevs)[k] + lo,
+                       ((scalar_t *const *)a->step_sizes)[k] + lo, hi - lo, a->fresh[k],
+                       c);
+}
+
+int TYPED(pyroopt_rprop)(const pyroopt_rprop_args *a) {
+    rprop_call call = {a, a->maximize ? SIGN_BIT : 0, (scalar_t)a->lr, (scalar_t)a->eta_minus,
+                       (scalar_t)a->eta_plus, (scalar_t)a->step_size_min,
+                       (scalar_t)a->step_size_max, (scalar_t)-1};
+    return pyroopt_parallel(a->n_tensors, a->numels, a->n_threads, a->min_per_thread,
+                            rprop_piece, &call);
+}

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,20 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyroopt.native import _entry
+from pyroopt.native import _entry, specs
 
-#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
-LOOP = "pyroopt_rprop"
-ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 4,  # params, grads, prevs, step sizes
-    _entry.INT64S,  # numels
-    _entry.FLAGS,  # fresh: first step, step size starts at lr
-    *[ctypes.c_double] * 5,  # lr, eta_minus, eta_plus, step_min, step_max
-    ctypes.c_int,  # maximize
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its arguments
+SPEC = specs.RPROP
+LOOP = SPEC.name
 
 #: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
 MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
@@ -49,7 +39,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 def _function(dtype: torch.dtype) -> Any:
     """The C entry for ``dtype``, typed; ``None`` without the library, for other dtypes,
     or where its self-check turned it off (:func:`pyroopt.native._entry.typed`)."""
-    return _entry.typed(LOOP, dtype, ARGTYPES)
+    return _entry.typed(SPEC, dtype)
 
 
 def rprop_update(
@@ -85,11 +75,16 @@ def rprop_update(
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
-    rest = (_entry.flags(fresh), lr, *etas, *step_sizes, int(maximize))
+    tensors = {"params": params, "grads": grads, "prevs": prevs, "step_sizes": sizes}
+    values = {
+        "fresh": _entry.flags(fresh),
+        "lr": lr,
+        "eta_minus": etas[0],
+        "eta_plus": etas[1],
+        "step_size_min": step_sizes[0],
+        "step_size_max": step_sizes[1],
+        "maximize": int(maximize),
+    }
     return _entry.run_loop(
-        function_for or _function,
-        (params, grads, prevs, sizes),
-        rest,
-        min_per_thread=MIN_NUMEL_PER_THREAD,
-        root=False,
+        function_for or _function, SPEC, tensors, values, min_per_thread=MIN_NUMEL_PER_THREAD
     )

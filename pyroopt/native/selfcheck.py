@@ -46,7 +46,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +60,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from pyroopt import native
-from pyroopt.native import _entry, _newton_root, adagrad, adagrad_rmsprop, adam, rmsprop, rprop, sgd
+from pyroopt.kernels.base import Batch, UpdateRule
+from pyroopt.native import _entry, _newton_root, specs
+from pyroopt.native._spec import Spec
+from pyroopt.registry import RULES
 
 #: the verdict of a loop that computed what torch computed
 SAME = "same"
@@ -86,6 +89,11 @@ class Case:
     reference: type[Optimizer]
     options: Mapping[str, Any]
 
+    @property
+    def rule(self) -> UpdateRule:
+        """pyroopt's rule for the reference class: its native update is what is checked."""
+        return RULES[self.reference]
+
     def build(self, params: Sequence[Tensor]) -> Optimizer:
         """The reference optimizer over ``params``, on torch's single-tensor path."""
         constructor: Any = self.reference  # its own keyword arguments, not Optimizer's
@@ -99,204 +107,19 @@ class Case:
         return f"{module}.{self.reference.__name__}({options})"
 
 
-#: what picks the C function per dtype (:func:`pyroopt.native._entry.run_loop`)
-FunctionFor = Callable[[torch.dtype], Any]
-#: a loop's state tensors, under torch's state keys
-State = Mapping[str, Sequence[Tensor]]
-#: ``update(function_for, params, grads, state, counts, group, case) -> ran``: one step
-#: through the loop's Python entry, with torch's group as the reference built it
-Update = Callable[
-    [FunctionFor, list[Tensor], list[Tensor], State, list[int], Mapping[str, Any], Case], bool
-]
-
-
 @dataclass(frozen=True)
 class Loop:
-    """A C loop (``{name}_f32``, ``{name}_f64``), how to step it, and what to compare."""
+    """A C loop (``{name}_f32``, ``{name}_f64``) and the cases it is checked on; each
+    case's rule steps it (:meth:`~pyroopt.kernels.base.UpdateRule.native_update`)."""
 
-    name: str
-    argtypes: Sequence[Any]
+    spec: Spec
     cases: tuple[Case, ...]
-    #: our state tensors, under torch's state keys, for a param group
-    state_keys: Callable[[Mapping[str, Any]], tuple[str, ...]]
-    update: Update
     #: whether the loop writes the gradients (ClippedAdam clamps them, as pyro does)
     writes_grads: bool = False
 
-
-def _fresh(counts: Sequence[int]) -> list[bool]:
-    return [t == 1 for t in counts]
-
-
-def _sgd_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    return sgd.sgd_update(
-        params,
-        grads,
-        state.get("momentum_buffer", []),
-        _fresh(counts),
-        lr=group["lr"],
-        momentum=group["momentum"],
-        dampening=group["dampening"],
-        weight_decay=group["weight_decay"],
-        nesterov=group["nesterov"],
-        maximize=group["maximize"],
-        function_for=function_for,
-    )
-
-
-def _adam_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    decoupled = group.get("decoupled_weight_decay", case.reference is torch.optim.AdamW)
-    return adam.adam_update(
-        params,
-        grads,
-        state["exp_avg"],
-        state["exp_avg_sq"],
-        state.get("max_exp_avg_sq", []),
-        counts,
-        lr=group["lr"],
-        betas=group["betas"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
-        decoupled=decoupled,
-        amsgrad=group["amsgrad"],
-        maximize=group["maximize"],
-        function_for=function_for,
-    )
-
-
-def _clipped_adam_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    return adam.clipped_adam_update(
-        params,
-        grads,
-        state["exp_avg"],
-        state["exp_avg_sq"],
-        counts,
-        lr=group["lr"],  # as pyro's step left it: decayed by lrd once per step
-        betas=group["betas"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
-        clip_norm=group["clip_norm"],
-        centered_variance=group["centered_variance"],
-        function_for=function_for,
-    )
-
-
-def _rmsprop_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    return rmsprop.rmsprop_update(
-        params,
-        grads,
-        state["square_avg"],
-        state.get("grad_avg", []),
-        state.get("momentum_buffer", []),
-        lr=group["lr"],
-        alpha=group["alpha"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
-        momentum=group["momentum"],
-        centered=group["centered"],
-        maximize=group["maximize"],
-        function_for=function_for,
-    )
-
-
-def _rprop_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    return rprop.rprop_update(
-        params,
-        grads,
-        state["prev"],
-        state["step_size"],
-        _fresh(counts),
-        lr=group["lr"],
-        etas=group["etas"],
-        step_sizes=group["step_sizes"],
-        maximize=group["maximize"],
-        function_for=function_for,
-    )
-
-
-def _adagrad_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    lr, lr_decay = group["lr"], group["lr_decay"]
-    return adagrad.adagrad_update(
-        params,
-        grads,
-        state["sum"],
-        _fresh(counts),
-        [-(lr / (1 + (t - 1) * lr_decay)) for t in counts],  # torch's clr
-        initial_accumulator_value=group["initial_accumulator_value"],
-        weight_decay=group["weight_decay"],
-        eps=group["eps"],
-        maximize=group["maximize"],
-        function_for=function_for,
-    )
-
-
-def _adagrad_rmsprop_update(
-    function_for: FunctionFor,
-    params: list[Tensor],
-    grads: list[Tensor],
-    state: State,
-    counts: list[int],
-    group: Mapping[str, Any],
-    case: Case,
-) -> bool:
-    eta, delta = group["eta"], group["delta"]
-    return adagrad_rmsprop.adagrad_rmsprop_update(
-        params,
-        grads,
-        state["sum"],
-        _fresh(counts),
-        [-(eta * t ** (-0.5 + delta)) for t in counts],  # pyro's lr
-        t=group["t"],
-        function_for=function_for,
-    )
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 def _cases(reference: type[Optimizer], *variants: Mapping[str, Any]) -> tuple[Case, ...]:
@@ -309,8 +132,7 @@ LOOPS: dict[str, Loop] = {
     loop.name: loop
     for loop in (
         Loop(
-            sgd.LOOP,
-            sgd.ARGTYPES,
+            specs.SGD,
             _cases(
                 torch.optim.SGD,
                 {"lr": 0.05},
@@ -319,12 +141,9 @@ LOOPS: dict[str, Loop] = {
                 {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True},
                 {"lr": 0.05, "momentum": 0.5, "nesterov": True, "weight_decay": 0.01},
             ),
-            lambda group: ("momentum_buffer",) if group["momentum"] != 0 else (),
-            _sgd_update,
         ),
         Loop(
-            adam.ADAM_LOOP,
-            adam.ADAM_ARGTYPES,
+            specs.ADAM,
             (
                 *_cases(
                     _ADAM,
@@ -340,25 +159,19 @@ LOOPS: dict[str, Loop] = {
                     {"lr": 0.01, "weight_decay": 0.0, "maximize": True},
                 ),
             ),
-            lambda group: ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) * group["amsgrad"]),
-            _adam_update,
         ),
         Loop(
-            adam.CLIPPED_LOOP,
-            adam.CLIPPED_ARGTYPES,
+            specs.CLIPPED_ADAM,
             _cases(
                 ClippedAdam,
                 {"lr": 0.01},
                 {"lr": 0.01, "clip_norm": 0.5, "lrd": 0.9, "weight_decay": 0.1},
                 {"lr": 0.01, "betas": (0.3, 0.9), "clip_norm": 2.0, "centered_variance": True},
             ),
-            lambda group: ("exp_avg", "exp_avg_sq"),
-            _clipped_adam_update,
             writes_grads=True,
         ),
         Loop(
-            rmsprop.LOOP,
-            rmsprop.ARGTYPES,
+            specs.RMSPROP,
             _cases(
                 torch.optim.RMSprop,
                 {"lr": 0.01},
@@ -367,27 +180,17 @@ LOOPS: dict[str, Loop] = {
                 {"lr": 0.01, "alpha": 0.3, "momentum": 0.5, "weight_decay": 0.1},
                 {"lr": 0.01, "eps": 0.5, "centered": True, "momentum": 0.2, "maximize": True},
             ),
-            lambda group: (
-                ("square_avg",)
-                + (("momentum_buffer",) * (group["momentum"] > 0))
-                + (("grad_avg",) * group["centered"])
-            ),
-            _rmsprop_update,
         ),
         Loop(
-            rprop.LOOP,
-            rprop.ARGTYPES,
+            specs.RPROP,
             _cases(
                 torch.optim.Rprop,
                 {"lr": 0.01},
                 {"lr": 0.01, "etas": (0.3, 1.5), "step_sizes": (1e-4, 0.05), "maximize": True},
             ),
-            lambda group: ("prev", "step_size"),
-            _rprop_update,
         ),
         Loop(
-            adagrad.LOOP,
-            adagrad.ARGTYPES,
+            specs.ADAGRAD,
             _cases(
                 torch.optim.Adagrad,
                 {"lr": 0.05},
@@ -395,34 +198,29 @@ LOOPS: dict[str, Loop] = {
                 {"lr": 0.05, "initial_accumulator_value": 0.2, "eps": 0.3},
                 {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.2, "maximize": True},
             ),
-            lambda group: ("sum",),
-            _adagrad_update,
         ),
         Loop(
-            adagrad_rmsprop.LOOP,
-            adagrad_rmsprop.ARGTYPES,
+            specs.ADAGRAD_RMSPROP,
             _cases(
                 AdagradRMSProp,
                 {"eta": 1.0, "t": 0.1, "delta": 1e-16},
                 {"eta": 0.5, "t": 0.5, "delta": 0.1},
                 {"eta": 1.0, "t": 0.0},
             ),
-            lambda group: ("sum",),
-            _adagrad_rmsprop_update,
         ),
     )
 }
 
 #: the rules that run each loop, as ``python -m pyroopt.native`` reports them
 RULE_LOOPS = (
-    ("torch.optim.SGD", sgd.LOOP),
-    ("torch.optim.Adam", adam.ADAM_LOOP),
-    ("torch.optim.AdamW", adam.ADAM_LOOP),
-    ("torch.optim.RMSprop", rmsprop.LOOP),
-    ("torch.optim.Rprop", rprop.LOOP),
-    ("torch.optim.Adagrad", adagrad.LOOP),
-    ("ClippedAdam", adam.CLIPPED_LOOP),
-    ("AdagradRMSProp", adagrad_rmsprop.LOOP),
+    ("torch.optim.SGD", specs.SGD.name),
+    ("torch.optim.Adam", specs.ADAM.name),
+    ("torch.optim.AdamW", specs.ADAM.name),
+    ("torch.optim.RMSprop", specs.RMSPROP.name),
+    ("torch.optim.Rprop", specs.RPROP.name),
+    ("torch.optim.Adagrad", specs.ADAGRAD.name),
+    ("ClippedAdam", specs.CLIPPED_ADAM.name),
+    ("AdagradRMSProp", specs.ADAGRAD_RMSPROP.name),
 )
 
 
@@ -474,14 +272,16 @@ def _gradients(step: int, dtype: torch.dtype) -> list[Tensor]:
 
 class _OnThreads:
     """A C loop called on ``threads`` threads with :data:`MIN_NUMEL_PER_THREAD`: the
-    last two arguments of every loop (:func:`pyroopt.native._entry.run_loop`)."""
+    fields every loop takes last (:func:`pyroopt.native._entry.run_loop`)."""
 
     def __init__(self, function: Any, threads: int) -> None:
         self.function = function
         self.threads = threads
 
-    def __call__(self, *args: Any) -> int:
-        return int(self.function(*args[:-2], self.threads, MIN_NUMEL_PER_THREAD))
+    def __call__(self, args: Any) -> int:
+        args.n_threads = self.threads
+        args.min_per_thread = MIN_NUMEL_PER_THREAD
+        return int(self.function(args))
 
 
 def _format(value: Tensor) -> str:
@@ -521,9 +321,7 @@ class _Ours:
         self.counts = [0] * len(inits)
         self.grads: dict[int, Tensor] = {}
 
-    def step(
-        self, loop: Loop, grads: Sequence[Tensor | None], threads: int, group: Any, case: Case
-    ) -> bool:
+    def step(self, grads: Sequence[Tensor | None], threads: int, group: Any, case: Case) -> bool:
         """One step of the tensors that have a gradient, through the loop's Python entry."""
         active = [k for k, g in enumerate(grads) if g is not None]
         for k, g in enumerate(grads):
@@ -531,15 +329,13 @@ class _Ours:
                 self.counts[k] += 1
                 self.grads[k] = g.clone()
         on_threads = _OnThreads(self.function, threads)
-        return loop.update(
-            lambda dtype: on_threads,
+        batch = Batch(
             [self.params[k] for k in active],
             [self.grads[k] for k in active],
             {key: [ts[k] for k in active] for key, ts in self.state.items()},
             [self.counts[k] for k in active],
-            group,
-            case,
         )
+        return case.rule.native_update(batch, group, function_for=lambda dtype: on_threads)
 
     def difference(self, loop: Loop, reference: Optimizer, theirs: Sequence[Tensor]) -> str | None:
         """Where this side first differs from ``reference``, or ``None``."""
@@ -563,7 +359,7 @@ def _run_case(loop: Loop, case: Case, dtype: torch.dtype, function: Any) -> str 
     theirs = [p.clone() for p in inits]
     reference = case.build(theirs)
     group = reference.param_groups[0]
-    ours = _Ours(function, inits, loop.state_keys(group))
+    ours = _Ours(function, inits, case.rule.state_keys(group))
     for step in range(STEPS):
         grads: list[Tensor | None] = list(_gradients(step, dtype))
         if step == 0:
@@ -573,7 +369,7 @@ def _run_case(loop: Loop, case: Case, dtype: torch.dtype, function: Any) -> str 
         reference.step()
         threads = THREADS[step % len(THREADS)]
         where = f"at step {step + 1} on {threads} thread{'s' * (threads > 1)}"
-        if not ours.step(loop, grads, threads, group, case):
+        if not ours.step(grads, threads, group, case):
             return f"declined the check's tensors ({case}, {where})"
         found = ours.difference(loop, reference, theirs)
         if found:
@@ -599,11 +395,13 @@ def check(loop: Loop, dtype: torch.dtype, function: Any) -> str:
 
 @functools.cache
 def _sources_digest() -> str:
-    """A hash of the Python side of the loops and of this check (the C side is in the
-    library's name)."""
+    """A hash of the Python side of the loops, of the rules that call them
+    (:mod:`pyroopt.kernels`) and of this check (the C side is in the library's name)."""
     digest = hashlib.sha256()
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    here = Path(__file__).parent
+    for source in sorted([*here.glob("*.py"), *(here.parent / "kernels").glob("*.py")]):
+        digest.update(source.parent.name.encode() + b"/" + source.name.encode() + b"\0")
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
@@ -612,7 +410,7 @@ def verdict_path(name: str, dtype: torch.dtype) -> Path:
     every verdict depends on (:func:`pyroopt.native.verdict_path`), on pyro's version (its
     ClippedAdam and AdagradRMSProp are the references), the CPU kernels torch dispatches
     to, whether the loops take float32 roots in line, and the sources of the loops'
-    Python side and of this check."""
+    Python side, of the rules that call them and of this check."""
     lib = native.library()
     in_line = lib is not None and _newton_root.reason_off(lib) is None
     return native.verdict_path(
@@ -643,7 +441,7 @@ def reason_off(name: str, dtype: torch.dtype) -> str | None:
     loop = LOOPS[name]
     if dtype not in _entry.SUFFIXES:
         return f"no {name} loop is compiled for {dtype}"
-    function = _entry.unchecked(name, dtype, loop.argtypes)
+    function = _entry.unchecked(loop.spec, dtype)
     if function is None:
         return f"no library: {native.unavailable_reason()}"
     path = verdict_path(name, dtype)

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,21 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyroopt.native import _entry
+from pyroopt.native import _entry, specs
 
-#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its C signature
-LOOP = "pyroopt_sgd"
-ARGTYPES = (
-    ctypes.c_int64,  # number of tensors
-    *[_entry.POINTERS] * 3,  # params, grads, momentum buffers
-    _entry.INT64S,  # numels
-    _entry.FLAGS,  # fresh: first step, the buffer takes the gradient
-    *[ctypes.c_double] * 4,  # lr, weight_decay, momentum, 1 - dampening
-    ctypes.c_int,  # nesterov
-    ctypes.c_int,  # maximize
-    ctypes.c_int,  # threads
-    ctypes.c_int64,  # elements per thread, at least
-)
+#: the C loop (``{LOOP}_f32``, ``{LOOP}_f64``) and its arguments
+SPEC = specs.SGD
+LOOP = SPEC.name
 
 #: elements per thread; see :data:`pyroopt.native._entry.NUMEL_PER_THREAD`
 MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
@@ -47,7 +36,7 @@ MIN_NUMEL_PER_THREAD = _entry.NUMEL_PER_THREAD
 
 @functools.cache
 def _function(dtype: torch.dtype) -> Any:
-    return _entry.typed(LOOP, dtype, ARGTYPES)
+    return _entry.typed(SPEC, dtype)
 
 
 def sgd_update(
@@ -82,16 +71,20 @@ def sgd_update(
         raise ValueError(f"fresh has {len(fresh)} flags for {len(params)} tensors")
     if not params:
         return True
-    slots = (params, grads, bufs if momentum != 0 else None)  # bufs: read with momentum
-    rest = (
-        _entry.flags(fresh),
-        lr,
-        weight_decay,
-        momentum,
-        1 - dampening,
-        int(nesterov),
-        int(maximize),
-    )
+    tensors = {
+        "params": params,
+        "grads": grads,
+        "momentum_buffers": bufs if momentum != 0 else None,  # read with momentum only
+    }
+    values = {
+        "fresh": _entry.flags(fresh),
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "dampening": dampening,
+        "nesterov": int(nesterov),
+        "maximize": int(maximize),
+    }
     return _entry.run_loop(
-        function_for or _function, slots, rest, min_per_thread=MIN_NUMEL_PER_THREAD, root=False
+        function_for or _function, SPEC, tensors, values, min_per_thread=MIN_NUMEL_PER_THREAD
     )
