@@ -301,6 +301,8 @@ class RuleBucket(Bucket):
         self._values: FlatValues | None = None  # while the bucket steps flat
         #: what :meth:`check` found for the coming step: "steady", "checked" or None
         self._checked: str | None = None
+        #: how the last flat step split the buffers by step count, while it holds
+        self._split_by_steps: _StepSplit | None = None
         # the flat values known intact at the end of the last step (None: not known)
         self._known_intact: FlatValues | None = None
 
@@ -332,7 +334,7 @@ class RuleBucket(Bucket):
         super().rekey()
         if self._flat:
             self._views = {k: tuple(self.flat.views(buffer)) for k, buffer in self._flat.items()}
-        self._scratch = None
+        self._scratch = self._split_by_steps = None
         if self._values is not None:
             self._values = self._known_intact = None
             self._reseat()
@@ -343,6 +345,7 @@ class RuleBucket(Bucket):
             self._loose = {p: self.live_state(p) for p in self.params}
         position = super().add(param, sort_key)
         self.steps.insert(position, 0)
+        self._split_by_steps = None
         self._loose[param] = None  # the rule's initial state, made where it will live
         return position
 
@@ -351,6 +354,7 @@ class RuleBucket(Bucket):
             self._loose = {p: self.live_state(p) for p in self.params}
         del self._loose[param]
         self.steps.pop(self.index[id(param)])
+        self._split_by_steps = None
         super().remove(param)
 
     def live_state(self, param: Tensor) -> dict[str, Tensor]:
@@ -584,32 +588,20 @@ class RuleBucket(Bucket):
         grad, grad_target = self._flat_scratch()
         if not gathered:
             self.flat.gather(grads, grad_target)
-        # All parameters at the same step (the usual case): one count stands for all,
-        # and the update runs on the whole flat buffer. Otherwise it runs on each run of
-        # neighbours that share a count (parameters that joined together), or, where
-        # runs are short, on each parameter's slice with its own count.
-        first, n = self.steps[0], len(self.steps)
-        uniform = self.steps.count(first) == n  # C-level loops: this is hot
-        steps = [first + 1] * n if uniform else [t + 1 for t in self.steps]
+        # the buffers split by step count (see _StepSplit), made anew only when needed
         buffer = values.loaded()
-        if uniform:
-            batch = Batch([buffer], [grad], {k: [self._flat[k]] for k in self.keys}, [first + 1])
+        split = self._split_by_steps
+        if split is None or not split.holds(self.steps, buffer, grad, values):
+            split = self._split_by_steps = _StepSplit(self, buffer, grad, grad_target, values)
+        steps = list(map(_PLUS_ONE, self.steps))  # every count advances: the split holds
+        if split.starts is None:  # one tensor per parameter
+            batch = split.batch._replace(steps=steps)
         else:
-            runs = _equal_runs(steps)
-            if len(runs) * 4 <= n:
-                cuts = [self._span(a, b) for a, b in runs]
-                batch = Batch(
-                    [buffer[c] for c in cuts],
-                    [grad[c] for c in cuts],
-                    {k: [self._flat[k][c] for c in cuts] for k in self.keys},
-                    [steps[a] for a, _ in runs],
-                )
-            else:
-                batch = Batch(values.views, grad_target.views, self._views, steps)
+            batch = split.batch._replace(steps=[steps[i] for i in split.starts])
         if not self._native(batch):
             self.rule.update(batch, self.group, per_param)
         values.stored()
-        self.steps = steps
+        self.steps = split.steps = steps
         self._known_intact = values
 
     def _span(self, first: int, stop: int) -> slice:
@@ -667,6 +659,7 @@ class RuleBucket(Bucket):
             if not (v is None and k in PARAM_SHAPED_STATE)
         }
         i = self.index[id(param)]
+        self._split_by_steps = None  # the counts change in place
         if not saved:  # never stepped: state and count as for a new parameter
             initial = self.rule.initial_state(param, self.group)
             with torch.no_grad():
@@ -741,6 +734,53 @@ def _equal_runs(values: list[int]) -> list[tuple[int, int]]:
     # where a value differs from the one before it, found in C (a step's hot path)
     starts = [0, *compress(count(1), map(operator.ne, values[1:], values))]
     return list(zip(starts, [*starts[1:], len(values)], strict=True))
+
+
+_PLUS_ONE = (1).__add__
+
+
+class _StepSplit:
+    """How a flat step of a rule bucket splits its buffers by step count, kept while
+    the counts, buffers and layout it was made for stay (a flat step advances every
+    count by one, which keeps the split; joins, leaves and loads make a new one).
+
+    All members at one count (the usual case): the whole flat buffers, one count.
+    Otherwise each run of neighbours that share a count (parameters that joined
+    together) is one slice, or, where runs are short (one new parameter per step),
+    each parameter's own slice with its own count.
+    """
+
+    def __init__(
+        self, bucket: RuleBucket, buffer: Tensor, grad: Tensor, target: Target, values: FlatValues
+    ) -> None:
+        self.steps, self.buffer, self.grad, self.values = bucket.steps, buffer, grad, values
+        flat, keys = bucket._flat, bucket.keys
+        runs = _equal_runs(bucket.steps)
+        #: the member that stands for each slice's count; ``None``: one per member
+        self.starts: list[int] | None = [a for a, _ in runs]
+        if len(runs) == 1:
+            self.batch = Batch([buffer], [grad], {k: [flat[k]] for k in keys}, [])
+        elif len(runs) * 4 <= len(bucket.steps):
+            cuts = [bucket._span(a, b) for a, b in runs]
+            self.batch = Batch(
+                [buffer[c] for c in cuts],
+                [grad[c] for c in cuts],
+                {k: [flat[k][c] for c in cuts] for k in keys},
+                [],
+            )
+        else:
+            self.starts = None
+            self.batch = Batch(values.views, target.views, bucket._views, [])
+
+    def holds(self, steps: list[int], buffer: Tensor, grad: Tensor, values: FlatValues) -> bool:
+        """Whether the split was made for these counts (the very list: each flat step
+        hands the split its new one) and buffers."""
+        return (
+            steps is self.steps
+            and buffer is self.buffer
+            and grad is self.grad
+            and values is self.values
+        )
 
 
 def _transpose(items: list[_Item]) -> Batch:

@@ -4,12 +4,15 @@ hyperparameters, and stay pyro.optim's numbers bit for bit (float32)."""
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pyro.optim
 import pytest
 import torch
 
 import pyroopt
+import pyroopt.torch
 
 
 def _grads(params, step):
@@ -99,3 +102,63 @@ def test_late_parameters_under_a_decaying_lr_get_a_bucket_per_phase():
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
     assert len(optim._placement.buckets) == 12
+
+
+def _counts_changed_in_place(module):
+    """Parameters at three step counts stepped flat, then one parameter's state (and
+    so its count) loaded from another's, then flat steps again."""
+    torch.set_default_dtype(torch.float32)
+    pyro.clear_param_store()
+    optim = module.Adam({"lr": 0.05})
+    names = [f"p{i}" for i in range(9)]
+    params = []
+    for step in range(6):
+        if step % 2 == 0:  # three new parameters
+            for i in range(len(params), len(params) + 3):
+                params.append(pyro.param(names[i], torch.full((5,), 0.1 * i)).unconstrained())
+        _grads(params, step)
+        optim(params)
+    views = optim.optim_objs
+    # p0 at p8's count (a copy: torch's state_dict hands out its live tensors)
+    views[params[0]].load_state_dict(copy.deepcopy(views[params[8]].state_dict()))
+    for step in range(6, 9):
+        _grads(params, step)
+        optim(params)
+    return optim, [p.detach().clone() for p in params]
+
+
+def test_a_count_set_in_place_makes_a_new_split_of_the_flat_step():
+    """A flat step reuses its split of the buffers by step count while the counts only
+    advance together; a count loaded into one parameter makes a new one."""
+    _, theirs = _counts_changed_in_place(pyro.optim)
+    optim, ours = _counts_changed_in_place(pyroopt)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    (bucket,) = optim._placement.buckets
+    assert bucket._split_by_steps is not None and bucket._split_by_steps.steps is bucket.steps
+
+
+def _torch_counts_loaded(cls):
+    """pyroopt.torch loads a state dict into its buckets in place: parameters at three
+    step counts (runs of four, which a flat step takes as three slices), one count
+    changed by ``load_state_dict``, then steps of all."""
+    params = [torch.nn.Parameter(torch.full((5,), 0.1 * i)) for i in range(12)]
+    optimizer = cls(params, lr=0.05)
+    for step in range(9):
+        if step == 6:
+            state = copy.deepcopy(optimizer.state_dict())
+            state["state"][0] = copy.deepcopy(state["state"][11])
+            optimizer.load_state_dict(state)
+        for i, p in enumerate(params):  # four more parameters every two steps
+            late = i >= 4 * (step // 2 + 1)
+            p.grad = None if late else torch.sin(torch.arange(5.0) * 0.37 + step + 0.1 * i)
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_a_count_loaded_in_place_into_a_bucket_makes_a_new_split():
+    torch.set_default_dtype(torch.float32)
+    theirs = _torch_counts_loaded(torch.optim.Adam)
+    ours = _torch_counts_loaded(pyroopt.torch.Adam)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)

@@ -150,7 +150,9 @@ def elastic_worker(out: Path) -> None:
         log(event="start", step=state.step, size=hvd.size())
         while state.step < ELASTIC_STEPS:
             if state.step + 1 == LOSE_AT and hvd.rank() == 1 and hvd.size() == 2:
-                hosts.write_text("localhost:1\n")  # this host leaves the pool ...
+                here = os.environ["HOROVOD_HOSTNAME"]  # horovod places ranks as it likes
+                kept = [host for host in ("localhost", "127.0.0.1") if host != here]
+                hosts.write_text(f"{kept[0]}:1\n")  # this host leaves the pool ...
                 os.kill(os.getpid(), signal.SIGKILL)  # ... and its worker dies
             loss = svi.step(x_all[rows], y_all[rows], rows)
             state.step += 1
@@ -317,7 +319,7 @@ print(f"plot: {plot}")
 # step counter. The two "hosts" here are `localhost` and `127.0.0.1`, named by a
 # discovery script that reads a file.
 #
-# - Before step `LOSE_AT`, the worker on `127.0.0.1` takes its host out of the file and
+# - Before step `LOSE_AT`, the worker of rank 1 takes its own host out of the file and
 #   dies (SIGKILL). The survivor's next collective fails; it restores the last commit
 #   (the steps after it are redone), re-forms a world of one, re-shards the data (all
 #   500 rows) and goes on: the average now divides by one worker.
