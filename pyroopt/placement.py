@@ -318,7 +318,7 @@ class Placement:
         slot = Slot(p, name, None, self.clip_args_for(p, name))
         self.table.add(slot)
         try:
-            slot.bucket = self._place(p, name, waiting, sort_key=slot.sort_key)
+            slot.bucket = self._place(p, name, waiting, sort_key=slot.sort_key, stepping=stepping)
         except BaseException:
             self.table.remove(slot)
             raise
@@ -335,10 +335,18 @@ class Placement:
         sort_key: Any = None,
         alone: bool = False,
         sparse: bool = False,
+        stepping: frozenset[int] | None = None,
     ) -> Bucket:
         """Put ``p`` in the open bucket its hyperparameters (or its saved ``entry``'s)
         call for, or in a new one; ``alone`` makes a bucket that no other parameter
-        joins; ``sparse`` one that runs torch's own optimizer."""
+        joins; ``sparse`` one that runs torch's own optimizer.
+
+        A parameter discovered in a call (``stepping``: the ids it steps) joins the open
+        bucket only if that call steps all of the bucket's members: joining lays the
+        bucket's buffers out anew, which costs what a step of all of them costs. A new
+        site on every step, beside parameters that never step again (or not with it),
+        gets a new bucket instead of re-laying out ever more members each step.
+        """
         group = full_group(self.constructor, self.optim_args_for(name), p)
         saved_group = None
         if entry is not None:
@@ -349,6 +357,12 @@ class Placement:
             group.update(saved_group)
         key = (bucket_key(self.constructor, group, p), self.schedules.cohort(entry), sparse)
         bucket = None if alone else self._open.get(key)
+        if (
+            bucket is not None
+            and stepping is not None
+            and not all(id(member) in stepping for member in bucket.params)
+        ):
+            bucket = None
         created = bucket is None or not bucket.params
         if created:
             bucket = make_bucket(self.constructor, group, p, sparse=sparse)

@@ -162,3 +162,31 @@ def test_a_count_loaded_in_place_into_a_bucket_makes_a_new_split():
     ours = _torch_counts_loaded(pyroopt.torch.Adam)
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
+
+
+def _new_site_every_step(module, steps=40):
+    """Five parameters stepped every time, beside a new site on every step that is not
+    stepped again (a growing model's one-off sites)."""
+    torch.set_default_dtype(torch.float32)
+    pyro.clear_param_store()
+    optim = module.Adam({"lr": 0.05})
+    steady = [
+        pyro.param(f"steady_{i}", torch.full((4,), 0.1 * i)).unconstrained() for i in range(5)
+    ]
+    for step in range(steps):
+        new = pyro.param(f"new_{step:03d}", torch.full((3,), 0.01 * step)).unconstrained()
+        _grads([*steady, new], step)
+        optim([*steady, new])
+    return optim, [p.detach().clone() for p in pyro.get_param_store().values()]
+
+
+def test_a_new_site_every_step_does_not_grow_the_bucket_that_steps():
+    """A parameter joins a bucket only in a call that steps all of its members: else
+    each new site would lay out ever more members that never step with it."""
+    _, theirs = _new_site_every_step(pyro.optim)
+    optim, ours = _new_site_every_step(pyroopt)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    store = pyro.get_param_store()
+    steady = optim._placement.table.get(store["steady_0"].unconstrained()).bucket
+    assert len(steady.params) <= 6

@@ -410,17 +410,29 @@ def verdict_path(name: str, dtype: torch.dtype) -> Path:
     every verdict depends on (:func:`pyroopt.native.verdict_path`), on pyro's version (its
     ClippedAdam and AdagradRMSProp are the references), the CPU kernels torch dispatches
     to, whether the loops take float32 roots in line, and the sources of the loops'
-    Python side, of the rules that call them and of this check."""
+    Python side, of the rules that call them and of this check.
+
+    Found once per loop, dtype and loaded library in a process (it hashes the
+    library's sources: about a millisecond, which every new bucket would pay).
+    """
     lib = native.library()
-    in_line = lib is not None and _newton_root.reason_off(lib) is None
-    return native.verdict_path(
-        f"selfcheck-{name}_{_entry.SUFFIXES[dtype]}",
-        native.build(),
-        f"pyro {pyro.__version__}",
-        f"torch CPU kernels {native.torch_cpu_capability()}",
-        f"in-line root {'on' if in_line else 'off'}",
-        _sources_digest(),
-    )
+    key = (name, dtype, lib)
+    path = _PATHS.get(key)
+    if path is None:
+        in_line = lib is not None and _newton_root.reason_off(lib) is None
+        path = _PATHS[key] = native.verdict_path(
+            f"selfcheck-{name}_{_entry.SUFFIXES[dtype]}",
+            native.build(),
+            f"pyro {pyro.__version__}",
+            f"torch CPU kernels {native.torch_cpu_capability()}",
+            f"in-line root {'on' if in_line else 'off'}",
+            _sources_digest(),
+        )
+    return path
+
+
+#: verdict paths found in this process, by loop, dtype and library
+_PATHS: dict[tuple[str, torch.dtype, Any], Path] = {}
 
 
 #: verdicts read or made in this process, by path (they hold where none can be kept)

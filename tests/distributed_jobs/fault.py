@@ -177,6 +177,14 @@ def main() -> None:
         run(args)
     finally:
         dist.destroy_process_group()
+    # With torch 2.13, a worker of the restarted attempt sometimes aborts in the
+    # interpreter's teardown after all its work is done ("terminate called without an
+    # active exception", SIGABRT; 3 of 14 runs, with pyroopt's code of before or after
+    # the placement rework alike), which torchrun reports as a failed job. Everything
+    # this job checks is written by now: leave without the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
