@@ -9,7 +9,7 @@ Two tables:
   pyro.optim on the same path, timed round-robin in one process. Goals: each path
   within 1.3x of the fresh run, and at least 50x faster than pyro.optim.
 - **Peak memory.** Each column is a child process that makes the parameters and
-  gradients, takes 3 steps and reports its peak RSS (``ru_maxrss``); the ``minimum``
+  gradients, takes 3 steps and reports its peak RSS (``VmHWM``); the ``minimum``
   column makes the same parameters and gradients (three times, as the others do) and
   holds tensors as large as the optimizer's state, with no optimizer. Goal: pyroopt at
   most pyro.optim's peak and within 5% of the minimum plus pyroopt's bounded scratch
@@ -179,7 +179,21 @@ def _peak_child(column: str, n: int, size: int, rule: str) -> None:
             for p in params:
                 p.grad = torch.randn(size)
             optim(params)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(_peak_rss_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (``VmHWM``), MB: unlike ``ru_maxrss``, which a
+    child inherits from its parent across fork and exec (a large ``make bench`` parent
+    raised every small child's figure to its own), it starts anew at exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def peak_mb(column: str, n: int, size: int, rule: str) -> float:

@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(cliff.peak_table(peak_rows))
         meta["cliff"] = {"paths": [asdict(row) for row in path_rows], "peak": peak_rows}
-        print()
+        print("\nElastic training: one ElasticState commit (in memory; and with the /dev/shm")
+        print("file torchrun needs) and a restore, beside one Adam step (median ms):")
         print(elastic.table(elastic_rows))
         meta["elastic"] = [asdict(r) for r in elastic_rows]
         whole_page = print_whole_program(whole_rows, whole_plan, meta) if whole_rows else None
