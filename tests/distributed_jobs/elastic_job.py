@@ -48,6 +48,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 sys.path.insert(0, str(Path(__file__).parent))
 import regression
+from attempt_group import init_attempt_group
 
 import pyroopt
 from pyroopt.distributed import ElasticState, shard
@@ -190,19 +191,7 @@ class Torch:
         import torch.distributed as dist
 
         self.dist = dist
-        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        # each attempt's group keys its addresses apart in the agent's store (see
-        # fault.py: a restarted group must not read the last attempt's addresses)
-        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-        base = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            size,
-            is_master=rank == 0 and not agent_store,
-        )
-        attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
-        store = dist.PrefixStore(f"elastic/attempt_{attempt}", base)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=size)
+        init_attempt_group("elastic")
 
     def optimizer(self, local):
         return pyroopt.DistributedOptimizer(local)

@@ -44,6 +44,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 sys.path.insert(0, str(Path(__file__).parent))
 import regression
+from attempt_group import init_attempt_group
 
 import pyroopt
 from pyroopt.checkpoint import load_training, save_training
@@ -159,20 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float32)
-    # the restarted group must not read the first attempt's gloo addresses: torchrun
-    # hands both attempts the same store, so key this attempt's group by its number
-    # (without it, attempt 1 tried to connect to the dead rank's old port)
-    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    base = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        size,
-        is_master=rank == 0 and not agent_store,
-    )
-    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
-    store = dist.PrefixStore(f"fault/attempt_{attempt}", base)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=size)
+    # without its own keys, attempt 1 tried to connect to the dead rank's old port
+    init_attempt_group("fault")
     try:
         run(args)
     finally:
