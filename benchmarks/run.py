@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = choose_settings(args.quick, args.repeats)
     meta = environment(settings, args.quick)
     header = (
-        f"torch {meta['torch']} ({meta['torch_threads']} threads, {meta['cpu_count']} CPUs), "
+        f"{meta['cpu_model']}, torch {meta['torch']} "
+        f"({meta['torch_threads']} threads, {meta['cpu_count']} CPUs), "
         f"pyro {meta['pyro']}, pyroopt {meta['pyroopt']} ({meta['pyroopt_source']}), "
         f"{meta['mode']} run, "
         f"{settings.steps.repeats} repeats; medians of repeats within this run"

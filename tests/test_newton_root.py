@@ -177,6 +177,62 @@ def test_in_line_root_leaves_a_block_with_what_it_does_not_take(lib, forced, pat
     assert torch.equal(ours.view(torch.int32), x.view(torch.int32))
 
 
+def _in_lanes(lib, x: torch.Tensor, lanes: int) -> int:
+    function = lib.pyroopt_newton_root_in_lanes
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function(x.data_ptr(), x.numel(), lanes)
+
+
+def _lanes_here(lib) -> int:
+    function = lib.pyroopt_newton_root_lanes
+    function.restype = ctypes.c_int
+    return function()
+
+
+#: what a block may hold: ordinary values and each kind the Newton root refuses or
+#: passes through (zeros of both signs, subnormals, too large, inf, NaN, negatives)
+EDGE_PATTERNS = [0x00000000, 0x80000000, 0x00000001, 0x007FFFFF, 0x00800000, 0x7F7FF000,
+                 0x7F7FF001, 0x7F800000, 0x7FC00000, 0xFFC00001, 0xBF800000]  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 200])
+def test_every_form_of_the_newton_root_gives_the_same_bits(lib, n):
+    """The loops run the widest form the CPU has (16 lanes with AVX-512F, else 8) and
+    the verdict is checked on that form; every form must give the same bits and take or
+    refuse the same blocks, at every length (whole vectors and masked tails)."""
+    lanes_here = _lanes_here(lib)
+    if lanes_here == 0:
+        pytest.skip("no Newton root is built for this CPU (not x86-64)")
+    forms = [lanes for lanes in (8, 16) if lanes <= lanes_here]
+    gen = torch.Generator().manual_seed(n)
+    blocks = []
+    for trial in range(40):
+        scale = 10.0 ** torch.randint(-37, 38, (n,), generator=gen).float()
+        x = (torch.rand(n, generator=gen, dtype=torch.float32) + 0.5) * scale
+        if trial % 2:  # one value of an edge kind somewhere in the block
+            at = int(torch.randint(n, (1,), generator=gen))
+            x[at] = _floats([EDGE_PATTERNS[trial // 2 % len(EDGE_PATTERNS)]])[0]
+        blocks.append(x)
+    mkl_is_newton = MKL_ROOT is not None and _newton_root.reason_off(lib) is None
+    outcomes = set()
+    for x in blocks:
+        results = []
+        for lanes in forms:
+            ours = x.clone()
+            results.append((_in_lanes(lib, ours, lanes), ours.view(torch.int32)))
+        taken, bits = results[0]
+        outcomes.add(taken)
+        for other_taken, other_bits in results[1:]:
+            assert other_taken == taken
+            assert torch.equal(other_bits, bits)
+        if not taken:
+            assert torch.equal(bits, x.view(torch.int32))  # a refused block is untouched
+        elif mkl_is_newton:
+            assert torch.equal(bits, torch.sqrt(x).view(torch.int32))
+    assert outcomes == {0, 1}  # the blocks took both ways
+
+
 def test_in_line_root_keeps_the_sign_of_zero(lib, forced):
     x = torch.tensor([0.0, -0.0, 4.0, -0.0], dtype=torch.float32)
     assert _in_line(lib, x) == 1

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "newton_lanes.h"
 #include "newton_root.h"
 #include "vsqrt.h"
 
@@ -35,7 +36,10 @@ static inline scalar_t fused_multiply_add(scalar_t a, scalar_t b, scalar_t c) {
 static inline scalar_t absolute(scalar_t x) { return fabs(x); }
 static inline scalar_t correct_root(scalar_t x) { return sqrt(x); }
 /* no in-line root for float64: MKL's is called */
-static inline int in_line_roots(scalar_t *x, int64_t n) { return (void)x, (void)n, 0; }
+static inline int in_line_here(void) { return 0; }
+static inline int in_line_roots(scalar_t *x, int64_t n, int lanes) {
+    return (void)x, (void)n, (void)lanes, 0;
+}
 #else
 #define PYROOPT_SUFFIX f32
 typedef float scalar_t;
@@ -46,21 +50,27 @@ static inline scalar_t fused_multiply_add(scalar_t a, scalar_t b, scalar_t c) {
 }
 static inline scalar_t absolute(scalar_t x) { return fabsf(x); }
 static inline scalar_t correct_root(scalar_t x) { return sqrtf(x); }
-static inline int in_line_roots(scalar_t *x, int64_t n) {
-    return pyroopt_newton_root_f32(x, n);
+static inline int in_line_here(void) { return pyroopt_newton_root_usable(); }
+static inline int in_line_roots(scalar_t *x, int64_t n, int lanes) {
+    return newton_lanes_roots(x, n, lanes);
 }
 #endif
 
 /* The sign bit of a scalar_t, as an XOR mask. */
 #define SIGN_BIT ((bits_t)1 << (8 * sizeof(bits_t) - 1))
 
+/* Whether a piece of a loop takes its roots in line (the Newton root, float32 only),
+ * and in how many lanes: where torch's root `fn` is MKL's and the Newton root is usable
+ * on this thread; else 0. Asked once per piece; nothing inside a loop changes it. */
+static inline int in_line_piece(vsqrt_fn fn) { return fn ? in_line_here() : 0; }
+
 /* The square roots of x[0..n) in place, as torch takes them (vsqrt.h): with `fn`,
- * torch's own vector root (or, for float32 where it was checked, the Newton root in
- * line); without, the correctly rounded root. */
-static inline void block_sqrt(vsqrt_fn fn, scalar_t *x, int64_t n) {
+ * torch's own vector root (or, where `in_line` (in_line_piece), the Newton root in
+ * line, for every block it takes); without, the correctly rounded root. */
+static inline void block_sqrt(vsqrt_fn fn, scalar_t *x, int64_t n, int in_line) {
     if (!fn) {
         for (int64_t i = 0; i < n; ++i) x[i] = correct_root(x[i]);
-    } else if (!in_line_roots(x, n)) {
+    } else if (!(in_line && in_line_roots(x, n, in_line))) {
         fn((int)n, x, x, PYROOPT_VML_MODE);
     }
 }
@@ -81,12 +91,8 @@ static inline void block_sqrt(vsqrt_fn fn, scalar_t *x, int64_t n) {
 #endif
 _Static_assert(PYROOPT_IN_LINE_BLOCK <= PYROOPT_SQRT_BLOCK, "a block must fit its buffer");
 
-static inline int64_t root_block(void) {
-#if PYROOPT_DOUBLE
-    return PYROOPT_SQRT_BLOCK;
-#else
-    return pyroopt_newton_root_on() ? PYROOPT_IN_LINE_BLOCK : PYROOPT_SQRT_BLOCK;
-#endif
+static inline int64_t root_block(int in_line) {
+    return in_line ? PYROOPT_IN_LINE_BLOCK : PYROOPT_SQRT_BLOCK;
 }
 
 /* The length of the block of at most `block` elements that starts at `lo` of an array

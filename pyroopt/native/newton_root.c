@@ -3,11 +3,11 @@
 
 #include <string.h>
 
+#include "newton_lanes.h"
 #include "parallel.h"
 #include "vsqrt.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
+#if PYROOPT_NEWTON_LANES_BUILT
 
 #define NEWTON_ROOT_BLOCK 4096
 /* MXCSR with its flag bits masked off: round to nearest, no flush to zero, no
@@ -17,91 +17,29 @@
 
 static int newton_on = 0;
 
-/* Whether the Newton root takes a: +-0, or FLT_MIN..0x1.ffep127 (false for NaN). */
-#define NEWTON_TAKES(a) (((a) >= 0x1p-126f && (a) <= 0x1.ffep127f) || (a) == 0.0f)
-
-/* NEWTON_TAKES, lane by lane: all ones where it holds. */
-static inline __attribute__((target("avx"))) __m256 newton_takes(__m256 a) {
-    __m256 normal = _mm256_and_ps(_mm256_cmp_ps(a, _mm256_set1_ps(0x1p-126f), _CMP_GE_OQ),
-                                  _mm256_cmp_ps(a, _mm256_set1_ps(0x1.ffep127f), _CMP_LE_OQ));
-    return _mm256_or_ps(normal, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_EQ_OQ));
-}
-
-/* The Newton step of newton_root.h, eight lanes. */
-static inline __attribute__((target("avx"))) __m256 newton_step(__m256 a) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    __m256 y = _mm256_rsqrt_ps(a);
-    __m256 s = _mm256_mul_ps(a, y);
-    __m256 h = _mm256_mul_ps(y, half);
-    __m256 e = _mm256_sub_ps(half, _mm256_mul_ps(s, h));
-    __m256 s1 = _mm256_add_ps(_mm256_mul_ps(s, e), s);
-    __m256 h1 = _mm256_add_ps(_mm256_mul_ps(h, e), h);
-    __m256 r = _mm256_sub_ps(a, _mm256_mul_ps(s1, s1));
-    return _mm256_add_ps(_mm256_mul_ps(r, h1), s1);
-}
-
-/* newton_step, where a zero keeps its value (and sign). */
-static inline __attribute__((target("avx"))) __m256 newton_step_zeros(__m256 a) {
-    __m256 zero = _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_EQ_OQ);
-    return _mm256_or_ps(_mm256_andnot_ps(zero, newton_step(a)), _mm256_and_ps(zero, a));
-}
-
-/* The mask of lanes [0, left) of a vector: the 8 entries from offset 8 - left. */
-static const int32_t LANES[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* 1 if every x[0..n) is one the Newton root takes, and then they are replaced by their
- * roots; else 0. First the cheap question: are all of them normal and at most
- * 0x1.ffep127 (smallest, largest, any NaN)? Only if not, lane by lane, which also lets
- * zeros through. A last partial vector is read and written lane by lane (masked), its
- * other lanes standing in as ones. */
-static __attribute__((target("avx"))) int newton_roots(float *x, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    int64_t whole = n & ~(int64_t)7;
-    __m256i last = _mm256_loadu_si256((const __m256i *)(LANES + 8 - (n - whole)));
-    __m256 in_last = _mm256_castsi256_ps(last);
-    __m256 tail = _mm256_or_ps(_mm256_and_ps(in_last, _mm256_maskload_ps(x + whole, last)),
-                               _mm256_andnot_ps(in_last, one));
-    __m256 lo = tail, hi = tail, nan = _mm256_cmp_ps(tail, tail, _CMP_UNORD_Q);
-#pragma GCC unroll 4
-    for (int64_t i = 0; i < whole; i += 8) {
-        __m256 a = _mm256_loadu_ps(x + i);
-        lo = _mm256_min_ps(lo, a);
-        hi = _mm256_max_ps(hi, a);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
-    }
-    __m256 normal = _mm256_and_ps(_mm256_cmp_ps(lo, _mm256_set1_ps(0x1p-126f), _CMP_GE_OQ),
-                                  _mm256_cmp_ps(hi, _mm256_set1_ps(0x1.ffep127f), _CMP_LE_OQ));
-    if (_mm256_movemask_ps(nan) != 0) return 0;
-    if (_mm256_movemask_ps(normal) == 0xFF) {
-#pragma GCC unroll 4
-        for (int64_t i = 0; i < whole; i += 8)
-            _mm256_storeu_ps(x + i, newton_step(_mm256_loadu_ps(x + i)));
-        if (whole < n) _mm256_maskstore_ps(x + whole, last, newton_step(tail));
-        return 1;
-    }
-    __m256 taken = newton_takes(tail);
-    for (int64_t i = 0; i < whole; i += 8)
-        taken = _mm256_and_ps(taken, newton_takes(_mm256_loadu_ps(x + i)));
-    if (_mm256_movemask_ps(taken) != 0xFF) return 0;
-    for (int64_t i = 0; i < whole; i += 8)
-        _mm256_storeu_ps(x + i, newton_step_zeros(_mm256_loadu_ps(x + i)));
-    if (whole < n) _mm256_maskstore_ps(x + whole, last, newton_step_zeros(tail));
-    return 1;
-}
-
 static int default_mode(void) { return (_mm_getcsr() & MODE_BITS) == DEFAULT_MODE; }
 
 void pyroopt_use_newton_root(int on) { newton_on = on && __builtin_cpu_supports("avx"); }
 
-int pyroopt_newton_root_on(void) { return newton_on; }
+int pyroopt_newton_root_usable(void) {
+    return newton_on && default_mode() ? newton_lanes_here() : 0;
+}
 
 int pyroopt_newton_root_f32(float *x, int64_t n) {
-    return newton_on && default_mode() && newton_roots(x, n);
+    int lanes = pyroopt_newton_root_usable();
+    return lanes && newton_lanes_roots(x, n, lanes);
+}
+
+int pyroopt_newton_root_lanes(void) { return newton_lanes_here(); }
+
+int pyroopt_newton_root_in_lanes(float *x, int64_t n, int lanes) {
+    return newton_lanes_roots(x, n, lanes);
 }
 
 typedef struct {
     vsqrt_f32 fn;
     uint32_t lo;
+    int lanes; /* newton_lanes_here(): the form the loops run */
     int64_t first; /* smallest differing pattern so far, or -1 */
 } check_job;
 
@@ -118,13 +56,13 @@ static void note_difference(check_job *job, int64_t pattern) {
 static void check_block(check_job *job, float *in, int n) {
     float theirs[NEWTON_ROOT_BLOCK], ours[NEWTON_ROOT_BLOCK];
     memcpy(ours, in, (size_t)n * sizeof(float));
-    if (!newton_roots(ours, n)) { /* a block at the edge of the range: keep what it takes */
+    if (!newton_lanes_roots(ours, n, job->lanes)) { /* a block at the edge of the range: keep what it takes */
         int taken = 0;
         for (int i = 0; i < n; ++i)
             if (NEWTON_TAKES(in[i])) in[taken++] = in[i];
         n = taken;
         memcpy(ours, in, (size_t)n * sizeof(float));
-        if (n == 0 || !newton_roots(ours, n)) return;
+        if (n == 0 || !newton_lanes_roots(ours, n, job->lanes)) return;
     }
     job->fn(n, in, theirs, PYROOPT_VML_MODE);
     if (memcmp(ours, theirs, (size_t)n * sizeof(float)) == 0) return;
@@ -159,7 +97,7 @@ static void check_part(const void *ctx, int64_t k, int64_t begin, int64_t end) {
 
 int64_t pyroopt_newton_root_check(vsqrt_f32 fn, uint32_t lo, uint32_t hi, int n_threads) {
     if (!__builtin_cpu_supports("avx")) return -2;
-    check_job job = {fn, lo, -1};
+    check_job job = {fn, lo, newton_lanes_here(), -1};
     int64_t count = (int64_t)hi - lo + 1;
     pyroopt_parallel(1, &count, n_threads, NEWTON_ROOT_BLOCK * 64, check_part, &job);
     return job.first;
@@ -169,7 +107,16 @@ int64_t pyroopt_newton_root_check(vsqrt_f32 fn, uint32_t lo, uint32_t hi, int n_
 
 void pyroopt_use_newton_root(int on) { (void)on; }
 
-int pyroopt_newton_root_on(void) { return 0; }
+int pyroopt_newton_root_usable(void) { return 0; }
+
+int pyroopt_newton_root_lanes(void) { return 0; }
+
+int pyroopt_newton_root_in_lanes(float *x, int64_t n, int lanes) {
+    (void)x;
+    (void)n;
+    (void)lanes;
+    return 0;
+}
 
 int pyroopt_newton_root_f32(float *x, int64_t n) {
     (void)x;

@@ -38,12 +38,25 @@
 /* Turn the Newton root on (1) or off (0) for the loops of this process. */
 void pyroopt_use_newton_root(int on);
 
-/* Whether it is on. */
-int pyroopt_newton_root_on(void);
+/* Whether the calling thread may take roots in line now: the lanes to take them with
+ * (newton_lanes.h) where the Newton root is on and the floating-point mode is the
+ * default one, else 0. A loop asks once per piece it runs (nothing inside a loop
+ * changes the mode), then calls newton_lanes_roots for each block. */
+int pyroopt_newton_root_usable(void);
 
-/* The roots of x[0..n) in place, if the Newton root is on and may take all of them:
- * 1; else 0, and x is untouched. */
+/* The roots of x[0..n) in place, if the Newton root is usable and may take all of
+ * them: 1; else 0, and x is untouched. */
 int pyroopt_newton_root_f32(float *x, int64_t n);
+
+/* The widest form of the Newton root this CPU runs: 16 lanes (AVX-512F), 8 (AVX), or
+ * 0 where none is built. The loops and the check use that one. */
+int pyroopt_newton_root_lanes(void);
+
+/* The Newton root of x[0..n) in place in the form of `lanes` (8, or 16 where
+ * pyroopt_newton_root_lanes says so), whatever the verdict and the floating-point
+ * mode: 1, or 0 and x untouched if it does not take them all. For tests: every
+ * form gives the same bits. */
+int pyroopt_newton_root_in_lanes(float *x, int64_t n, int lanes);
 
 /* Compares the Newton root with fn (vmsSqrt's signature, called in its
  * high-accuracy mode) on every float32 whose bit pattern lies in [lo, hi] and which

@@ -45,7 +45,9 @@ void pyroopt_use_mkl(void *set_num_threads_local);
  * of which is picked at load time for the CPU at hand (GCC on x86-64 Linux). The AVX2
  * clone is x86-64-v3 (AVX2 with FMA, as AVX-512F brings it): under AVX2 alone, GCC
  * calls libm's fmaf for every fused multiply-add, and Adam ran 6-7x slower (measured:
- * 3.7-4.6 against 0.63 ns per float32 element in cache). */
+ * 3.7-4.6 against 0.63 ns per float32 element in cache). `flatten` takes every call
+ * in line that a clone's instructions allow, the Newton root's forms included
+ * (newton_lanes.h). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #if __GNUC__ >= 11
 #define PYROOPT_AVX2_CLONE "arch=x86-64-v3"
@@ -53,7 +55,7 @@ void pyroopt_use_mkl(void *set_num_threads_local);
 #define PYROOPT_AVX2_CLONE "arch=haswell"
 #endif
 #define PYROOPT_VECTOR_CLONES                                                          \
-    __attribute__((target_clones("avx512f", PYROOPT_AVX2_CLONE, "default")))
+    __attribute__((target_clones("avx512f", PYROOPT_AVX2_CLONE, "default"), flatten))
 #else
 #define PYROOPT_VECTOR_CLONES
 #endif
