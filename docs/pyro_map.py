@@ -15,11 +15,11 @@ import pyro.optim.multi
 SAME = "same arguments and numbers; all parameters stepped together"
 # Names whose counterpart or difference is not the default (same name, SAME).
 SPECIAL = {
-    "_LRScheduler": (
-        "pyroopt.LRScheduler",
-        "pyro's alias of the old torch base-class name; pyroopt exports only LRScheduler",
-    ),
     "LRScheduler": ("pyroopt.LRScheduler", "torch's base class; defines no schedule"),
+    "_LRScheduler": (
+        "pyroopt._LRScheduler",
+        "torch's old name of its base class; defines no schedule",
+    ),
     "HorovodOptimizer": (
         "pyroopt.HorovodOptimizer",
         "one collective per step over a flat buffer; no Adasum; "

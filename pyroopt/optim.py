@@ -293,3 +293,25 @@ class PyroOptim(pyro.optim.PyroOptim):
         path = os.fspath(filename)
         state = checkpoint.load_state(path, map_location=map_location, weights_only=weights_only)
         checkpoint.apply_state(self, state, path)
+
+
+#: the other public names of pyro.optim.optim, here as there: the factories of Pyro's
+#: own optimizers and ``is_scheduler`` (defined elsewhere in pyroopt, which imports this
+#: module first)
+_PYRO_OPTIM_NAMES = {
+    "AdagradRMSProp": "pyroopt.factories",
+    "ClippedAdam": "pyroopt.factories",
+    "DCTAdam": "pyroopt.factories",
+    "is_scheduler": "pyroopt.lr_scheduler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``from pyroopt.optim import ClippedAdam`` as ``from pyro.optim.optim import
+    ClippedAdam``: the factory that ``pyroopt.ClippedAdam`` is."""
+    module = _PYRO_OPTIM_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

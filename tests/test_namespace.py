@@ -49,9 +49,32 @@ def test_every_name_of_pyro_optim_is_in_pyroopt():
     assert set(pyro.optim.__all__) <= set(pyroopt.__all__)
 
 
-#: pyroopt.optim is pyroopt's module of PyroOptim; pyro's optim module also defines the
-#: factories ClippedAdam, AdagradRMSProp and DCTAdam, which pyroopt has at the top level
+#: pyroopt.optim is pyroopt's module of PyroOptim (tested below)
 OWN_MODULES = {"optim"}
+
+
+def test_optim_module_holds_the_public_names_of_pyros():
+    """``from pyro.optim.optim import ClippedAdam`` -> ``from pyroopt.optim import
+    ClippedAdam``: the functions and classes pyro.optim.optim defines, pyroopt's ones."""
+    import pyro.optim.optim as theirs
+
+    import pyroopt.optim as ours
+
+    defined_there = [
+        n
+        for n, obj in vars(theirs).items()
+        if n[0] != "_"
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == theirs.__name__
+    ]
+    assert {"PyroOptim", "ClippedAdam", "AdagradRMSProp", "DCTAdam", "is_scheduler"} <= set(
+        defined_there
+    )
+    assert [n for n in defined_there if not hasattr(ours, n)] == []
+    for name in ("ClippedAdam", "AdagradRMSProp", "DCTAdam", "is_scheduler"):
+        assert getattr(ours, name) is getattr(pyroopt, name)
+    with pytest.raises(AttributeError, match="no attribute 'Adamm'"):
+        ours.Adamm  # noqa: B018
 
 
 @pytest.mark.parametrize(
