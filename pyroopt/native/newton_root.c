@@ -56,7 +56,8 @@ static void note_difference(check_job *job, int64_t pattern) {
 static void check_block(check_job *job, float *in, int n) {
     float theirs[NEWTON_ROOT_BLOCK], ours[NEWTON_ROOT_BLOCK];
     memcpy(ours, in, (size_t)n * sizeof(float));
-    if (!newton_lanes_roots(ours, n, job->lanes)) { /* a block at the edge of the range: keep what it takes */
+    if (!newton_lanes_roots(ours, n, job->lanes)) {
+        /* a block at the edge of the range: keep what it takes */
         int taken = 0;
         for (int i = 0; i < n; ++i)
             if (NEWTON_TAKES(in[i])) in[taken++] = in[i];

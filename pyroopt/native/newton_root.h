@@ -17,18 +17,19 @@
  * MKL takes another way for those, for zero, subnormals, infinities, NaN and negative
  * numbers). That is within 1 ulp, and not correctly rounded: about a fifth of the
  * roots differ from sqrtf's. pyroopt does the same operations eight lanes at a time
- * (the AVX form of the same estimate instruction), so where MKL runs that kernel they
- * give its bits for every input, without the call (measured: 0.45 ns per root and
- * 25 ns per call).
+ * (the AVX form of the same estimate instruction), or sixteen on CPUs with AVX-512F
+ * (two AVX estimates, the rest in 512-bit operations: newton_lanes.h), so where MKL
+ * runs that kernel they give its bits for every input, without the call (measured:
+ * 0.45 ns per root in eight lanes, and 25 ns per call).
  *
  * Whether MKL runs that kernel here is not known from outside, so the Newton root is
- * only used after pyroopt_newton_root_check has compared it with the root torch calls
- * (returns -2 where the CPU has no AVX, the only form pyroopt has)
- * on every float32 in that range, on this CPU, and found no difference (the caller
- * keeps the verdict; see _newton_root.py). Until pyroopt_use_newton_root(1), and for
- * a block holding a value outside the range or with a non-default floating-point
- * mode (flush to zero, denormals as zero, another rounding: MKL sets its own), the
- * loops call torch's root.
+ * only used after pyroopt_newton_root_check has compared it, in the form the loops run
+ * on this CPU, with the root torch calls on every float32 in that range and found no
+ * difference (it returns -2 where the CPU has no AVX, which every form needs; the
+ * caller keeps the verdict: see _newton_root.py). Until pyroopt_use_newton_root(1),
+ * and for a block holding a value outside the range or with a non-default
+ * floating-point mode (flush to zero, denormals as zero, another rounding: MKL sets
+ * its own), the loops call torch's root.
  */
 #ifndef PYROOPT_NEWTON_ROOT_H
 #define PYROOPT_NEWTON_ROOT_H
