@@ -190,3 +190,64 @@ def test_a_new_site_every_step_does_not_grow_the_bucket_that_steps():
     store = pyro.get_param_store()
     steady = optim._placement.table.get(store["steady_0"].unconstrained()).bucket
     assert len(steady.params) <= 6
+
+
+def _counting_looks(optim, monkeypatch):
+    """Count the optimizer's looks for stale parameters (each costs time in the size of
+    its table)."""
+    looks = []
+    placement = optim._placement
+    look = placement._retire_stale
+    monkeypatch.setattr(placement, "_retire_stale", lambda keep: looks.append(1) or look(keep))
+    return looks
+
+
+def test_a_new_site_every_step_looks_for_stale_parameters_a_logarithmic_number_of_times(
+    monkeypatch,
+):
+    """A look at every new parameter made each step cost time in the number of sites
+    ever seen (3000 new sites: 0.86 -> 1.87 ms per step); the table doubles between
+    looks, so 512 new sites take a handful."""
+    pyro.clear_param_store()
+    optim = pyroopt.Adam({"lr": 0.05})
+    looks = _counting_looks(optim, monkeypatch)
+    steady = pyro.param("steady", torch.ones(3)).unconstrained()
+    for step in range(512):
+        new = pyro.param(f"new_{step:03d}", torch.full((3,), 0.01 * step)).unconstrained()
+        _grads([steady, new], step)
+        optim([steady, new])
+    assert len(optim._placement.table) == 513  # every site is live: none retired
+    assert 1 <= len(looks) <= 8
+
+
+def test_a_parameter_that_left_the_store_is_retired_at_once_or_within_a_doubling(monkeypatch):
+    """Where the table would name more parameters than the store holds, one must have
+    left: it is retired at once. Where other entries of the store hide that, it goes
+    once the table has doubled, so the table stays within twice its last looked size."""
+    pyro.clear_param_store()
+    optim = pyroopt.Adam({"lr": 0.05})
+    looks = _counting_looks(optim, monkeypatch)
+    params = [pyro.param(f"w{i}", torch.ones(2)).unconstrained() for i in range(20)]
+    _grads(params, 0)
+    optim(params)
+    store = pyro.get_param_store()
+    del store["w0"]
+    fresh = pyro.param("fresh", torch.ones(2)).unconstrained()
+    _grads([fresh], 1)
+    optim([fresh])  # 20 named + 1 joining > 20 in the store: w0 has left
+    assert optim._placement.table.named("w0") is None
+    assert "w0" not in optim.get_state()
+
+    pyro.param("not_stepped", torch.ones(2))  # the store now holds one more than is seen
+    del store["w1"]
+    before = len(looks)
+    for step in range(40):
+        new = pyro.param(f"late_{step:02d}", torch.ones(2)).unconstrained()
+        _grads([new], step)
+        optim([new])
+        table = optim._placement.table
+        assert len(table) <= 2 * 21
+        if table.named("w1") is None:
+            break
+    assert optim._placement.table.named("w1") is None  # retired at the doubling
+    assert len(looks) - before == 1
