@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root_rows = square_root.time_roots(settings.steps, args.quick, SEED)
     print("  square roots in line and through MKL", flush=True)
     cliff_n, cliff_steps = (60, 20) if args.quick else (1000, 200)
-    path_rows = cliff.path_rows(n=cliff_n, steps=cliff_steps, rounds=1 if args.quick else 3)
+    path_rows = cliff.path_rows(n=cliff_n, steps=cliff_steps, rounds=1 if args.quick else 5)
     peak_rows = cliff.peak_rows(cliff.QUICK_PEAK_SHAPES if args.quick else cliff.PEAK_SHAPES)
     print("  steady steps after a resume and late parameters; peak memory", flush=True)
     elastic_rows = elastic.time_elastic(settings.steps, args.quick, SEED)

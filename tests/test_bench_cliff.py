@@ -20,7 +20,7 @@ def test_the_path_rows_time_each_path_against_pyro_optim_and_judge_them():
 
 def test_a_path_meets_its_goal_only_near_fresh_and_far_ahead_of_pyro_optim():
     def row(ours, theirs):
-        return cliff.PathRow("p", pyroopt_ms=ours, pyro_ms=theirs, fresh_ms=1.0)
+        return cliff.PathRow("p", ours, theirs, vs_fresh=ours / 1.0, speedup=theirs / ours)
 
     assert row(1.3, 65.0).met
     assert not row(1.31, 1000.0).met  # a cliff
