@@ -250,8 +250,8 @@ class Placement:
         new ones take names of their own. A look costs time in the size of the table,
         so it is taken where a parameter must have left the store, and otherwise once
         the table has doubled since the last look: a new site every step then costs a
-        constant time per step on average, and the table never holds more than twice
-        the parameters it held after the last look (8 at the least).
+        constant time per step on average, and stale parameters are retired by the time
+        the table holds twice what it held after the last look (16 at the least).
 
         A parameter must have left when the table would name more parameters than the
         store holds (``clear_param_store``, ``del store[name]``). A name that already
