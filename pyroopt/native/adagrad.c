@@ -25,9 +25,8 @@ static inline __attribute__((always_inline)) void adagrad_body(
     const adagrad_call *c, scalar_t neg_lr, const int decay, const int fresh) {
     const bits_t flip = c->flip;
     const scalar_t wd = c->weight_decay, eps = c->eps, initial = c->initial;
-    const vsqrt_fn root = c->root;
-    const int in_line = in_line_piece(root);
-    const int64_t block = root_block(in_line);
+    const root_plan roots = root_plan_for(c->root);
+    const int64_t block = roots.block;
     scalar_t std[PYROOPT_SQRT_BLOCK];
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t len = block_length(lo, n, block);
@@ -39,7 +38,7 @@ static inline __attribute__((always_inline)) void adagrad_body(
             if (decay) g = torch_add_alpha(g, p[i], wd);
             std[i] = s[i] = torch_addcmul(fresh ? initial : s[i], g, g, (scalar_t)1);
         }
-        block_sqrt(root, std, len, in_line);
+        block_sqrt(&roots, std, len);
         for (int64_t i = 0; i < len; ++i) {
             scalar_t g = torch_neg_if(gr[i], flip);
             if (decay) g = torch_add_alpha(g, p[i], wd);

@@ -22,9 +22,8 @@ static inline __attribute__((always_inline)) void adagrad_rmsprop_body(
     scalar_t *restrict param, const scalar_t *restrict grad, scalar_t *restrict sum, int64_t n,
     const adagrad_rmsprop_call *c, scalar_t neg_lr, const int fresh) {
     const scalar_t keep = c->keep, tau = c->tau;
-    const vsqrt_fn root = c->root;
-    const int in_line = in_line_piece(root);
-    const int64_t block = root_block(in_line);
+    const root_plan roots = root_plan_for(c->root);
+    const int64_t block = roots.block;
     scalar_t std[PYROOPT_SQRT_BLOCK];
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t len = block_length(lo, n, block);
@@ -35,7 +34,7 @@ static inline __attribute__((always_inline)) void adagrad_rmsprop_body(
             const scalar_t g = gr[i];
             std[i] = s[i] = fresh ? g * g : s[i] * keep + (tau * g) * g;
         }
-        block_sqrt(root, std, len, in_line);
+        block_sqrt(&roots, std, len);
         for (int64_t i = 0; i < len; ++i)
             p[i] = torch_addcdiv(p[i], gr[i], std[i] + (scalar_t)1, neg_lr);
     }

@@ -47,9 +47,8 @@ static inline __attribute__((always_inline)) void adam_body(
     const scalar_t wd = c->weight_decay, shrink = c->shrink, beta2 = c->beta2;
     const scalar_t w2 = c->one_minus_beta2, eps = c->eps;
     const torch_lerp_weight w1 = c->one_minus_beta1;
-    const vsqrt_fn root = c->root;
-    const int in_line = in_line_piece(root);
-    const int64_t block = root_block(in_line);
+    const root_plan roots = root_plan_for(c->root);
+    const int64_t block = roots.block;
     scalar_t d[PYROOPT_SQRT_BLOCK];
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t len = block_length(lo, n, block);
@@ -71,7 +70,7 @@ static inline __attribute__((always_inline)) void adam_body(
                 d[i] = vi;
             }
         }
-        block_sqrt(root, d, len, in_line);
+        block_sqrt(&roots, d, len);
         for (int64_t i = 0; i < len; ++i) {
             scalar_t pi = p[i];
             if (decay == 2) pi = pi * shrink;
@@ -136,9 +135,8 @@ static inline __attribute__((always_inline)) void clipped_adam_body(
     const scalar_t lo_clip = c->lo_clip, hi_clip = c->hi_clip, wd = c->weight_decay;
     const scalar_t beta1 = c->beta1, w1 = c->one_minus_beta1, beta2 = c->beta2;
     const scalar_t w2 = c->one_minus_beta2, eps = c->eps;
-    const vsqrt_fn root = c->root;
-    const int in_line = in_line_piece(root);
-    const int64_t block = root_block(in_line);
+    const root_plan roots = root_plan_for(c->root);
+    const int64_t block = roots.block;
     scalar_t d[PYROOPT_SQRT_BLOCK];
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t len = block_length(lo, n, block);
@@ -160,7 +158,7 @@ static inline __attribute__((always_inline)) void clipped_adam_body(
          * changed: a block left as it was is never written to memory */
         if (clamped)
             for (int64_t i = 0; i < len; ++i) gr[i] = torch_clamp(gr[i], lo_clip, hi_clip);
-        block_sqrt(root, d, len, in_line);
+        block_sqrt(&roots, d, len);
         for (int64_t i = 0; i < len; ++i)
             p[i] = torch_addcdiv(p[i], m[i], d[i] + eps, step_size);
     }

@@ -64,17 +64,6 @@ static inline int in_line_roots(scalar_t *x, int64_t n, int lanes) {
  * on this thread; else 0. Asked once per piece; nothing inside a loop changes it. */
 static inline int in_line_piece(vsqrt_fn fn) { return fn ? in_line_here() : 0; }
 
-/* The square roots of x[0..n) in place, as torch takes them (vsqrt.h): with `fn`,
- * torch's own vector root (or, where `in_line` (in_line_piece), the Newton root in
- * line, for every block it takes); without, the correctly rounded root. */
-static inline void block_sqrt(vsqrt_fn fn, scalar_t *x, int64_t n, int in_line) {
-    if (!fn) {
-        for (int64_t i = 0; i < n; ++i) x[i] = correct_root(x[i]);
-    } else if (!(in_line && in_line_roots(x, n, in_line))) {
-        fn((int)n, x, x, PYROOPT_VML_MODE);
-    }
-}
-
 /* Elements per block of the blocked loops: PYROOPT_SQRT_BLOCK where each block's roots
  * are a call of torch's root, PYROOPT_IN_LINE_BLOCK where the loop computes float32
  * roots in line. Without a call to pay for, smaller blocks keep every stream in L1
@@ -91,8 +80,30 @@ static inline void block_sqrt(vsqrt_fn fn, scalar_t *x, int64_t n, int in_line) 
 #endif
 _Static_assert(PYROOPT_IN_LINE_BLOCK <= PYROOPT_SQRT_BLOCK, "a block must fit its buffer");
 
-static inline int64_t root_block(int in_line) {
-    return in_line ? PYROOPT_IN_LINE_BLOCK : PYROOPT_SQRT_BLOCK;
+/* How a piece of a blocked loop takes its square roots: torch's root `fn` (NULL: the
+ * correctly rounded root), whether and in how many lanes in line (in_line_piece), and
+ * the elements per block that go with that. Made once per piece (root_plan_for). */
+typedef struct {
+    vsqrt_fn fn;
+    int in_line;
+    int64_t block;
+} root_plan;
+
+static inline root_plan root_plan_for(vsqrt_fn fn) {
+    const int in_line = in_line_piece(fn);
+    root_plan plan = {fn, in_line, in_line ? PYROOPT_IN_LINE_BLOCK : PYROOPT_SQRT_BLOCK};
+    return plan;
+}
+
+/* The square roots of x[0..n) in place, as torch takes them (vsqrt.h): with the plan's
+ * `fn`, torch's own vector root (or, where the plan takes them in line, the Newton root,
+ * for every block it takes); without, the correctly rounded root. */
+static inline void block_sqrt(const root_plan *roots, scalar_t *x, int64_t n) {
+    if (!roots->fn) {
+        for (int64_t i = 0; i < n; ++i) x[i] = correct_root(x[i]);
+    } else if (!(roots->in_line && in_line_roots(x, n, roots->in_line))) {
+        roots->fn((int)n, x, x, PYROOPT_VML_MODE);
+    }
 }
 
 /* The length of the block of at most `block` elements that starts at `lo` of an array

@@ -34,9 +34,8 @@ static inline __attribute__((always_inline)) void rmsprop_body(
     const scalar_t eps = c->eps, momentum = c->momentum, neg_lr = c->neg_lr;
     const scalar_t minus_one = c->minus_one;
     const torch_lerp_weight lerp_w = c->lerp_weight;
-    const vsqrt_fn root = c->root;
-    const int in_line = in_line_piece(root);
-    const int64_t block = root_block(in_line);
+    const root_plan roots = root_plan_for(c->root);
+    const int64_t block = roots.block;
     scalar_t d[PYROOPT_SQRT_BLOCK];
     for (int64_t lo = 0; lo < n; lo += block) {
         const int64_t len = block_length(lo, n, block);
@@ -57,7 +56,7 @@ static inline __attribute__((always_inline)) void rmsprop_body(
                 d[i] = vi;
             }
         }
-        block_sqrt(root, d, len, in_line);
+        block_sqrt(&roots, d, len);
         for (int64_t i = 0; i < len; ++i) {
             scalar_t g = torch_neg_if(gr[i], flip);
             if (decay) g = torch_add_alpha(g, p[i], wd);
