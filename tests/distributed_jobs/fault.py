@@ -10,8 +10,9 @@ every ``--every`` steps rank 0 writes ``OUT_DIR/ckpt/step_NNNN.pt`` with
 ``save_training`` (atomic) and all ranks meet in a barrier, so no worker starts the
 next step before the checkpoint is complete on disk: the newest checkpoint a restarted
 group finds is fixed by the step counts alone. In the first attempt
-(``TORCHELASTIC_RESTART_COUNT == 0``) rank 1 SIGKILLs itself just before step
-``--kill-at`` (0: never).
+(``TORCHELASTIC_RESTART_COUNT == 0``) all ranks meet in a barrier once they have logged
+step ``--kill-at`` - 1, and rank 1 SIGKILLs itself just before step ``--kill-at`` (0:
+never).
 
 Every attempt first asks rank 0 for the newest checkpoint. With none, it trains from
 scratch ("straight"). With one, it ``load_training``s it (param store, optimizer state,
@@ -100,6 +101,11 @@ def run(args: argparse.Namespace) -> None:
             loss = svi.step(x_local, y_local, idx)
             log.write(json.dumps({"step": step, "loss": loss}) + "\n")
             log.flush()
+            if attempt == 0 and step == args.kill_at - 1:
+                # every rank has logged the last step before the kill: torchrun stops
+                # the other workers as soon as it sees rank 1 die, which may otherwise
+                # be before rank 0 wrote that step's line
+                dist.barrier()
             if checkpoints and step % args.every == 0:
                 # rank 0's generators are saved for all: they must be everybody's
                 assert all_equal(rng_digest()), f"ranks' generators differ at step {step}"
