@@ -758,14 +758,16 @@ class _StepSplit:
         runs = _equal_runs(bucket.steps)
         #: the member that stands for each slice's count; ``None``: one per member
         self.starts: list[int] | None = [a for a, _ in runs]
+        # Tuples of the bucket's own buffers (and views of them), fixed while the split
+        # holds: the native entry reads their pointers once (_entry._prepared).
         if len(runs) == 1:
-            self.batch = Batch([buffer], [grad], {k: [flat[k]] for k in keys}, [])
+            self.batch = Batch((buffer,), (grad,), {k: (flat[k],) for k in keys}, [])
         elif len(runs) * 4 <= len(bucket.steps):
             cuts = [bucket._span(a, b) for a, b in runs]
             self.batch = Batch(
-                [buffer[c] for c in cuts],
-                [grad[c] for c in cuts],
-                {k: [flat[k][c] for c in cuts] for k in keys},
+                tuple(buffer[c] for c in cuts),
+                tuple(grad[c] for c in cuts),
+                {k: tuple(flat[k][c] for c in cuts) for k in keys},
                 [],
             )
         else:
