@@ -12,6 +12,7 @@ from torch.testing import assert_close
 
 import pyroopt
 from pyroopt.engine import RuleBucket, full_group
+from pyroopt.native import _entry
 from pyroopt.placement import Placement
 from pyroopt.registry import RULES
 from pyroopt.seating import FlatValues, _storage_users
@@ -253,6 +254,38 @@ def test_steady_steps_do_not_check_storage_again(monkeypatch):
     for step in range(5, 8):
         _step(optim, params, step)
     assert checks == [1, 1]
+
+
+def test_steady_steps_read_their_buffers_pointers_once(monkeypatch):
+    """A flat step hands the native loop the bucket's own buffers, whose pointers the
+    native entry reads once: steady steps read none, a step after a parameter joined
+    reads them anew (the layout changed), and the values are pyro.optim's throughout."""
+    reads = []
+    pointers = _entry.pointers
+    monkeypatch.setattr(_entry, "pointers", lambda ts: reads.append(len(ts)) or pointers(ts))
+    ours, theirs = [], []
+    for optim_class, out in ((pyroopt.Adam, ours), (pyro.optim.Adam, theirs)):
+        pyro.clear_param_store()
+        params = _params()
+        optim = optim_class({"lr": 0.1})
+        counts = []
+        for step in range(4):
+            _step(optim, params, step)
+            counts.append(len(reads))
+        params.append(pyro.param("late", torch.full((5,), 2.0)).unconstrained())
+        for step in range(4, 7):
+            _step(optim, params, step)
+            counts.append(len(reads))
+        out.append(counts)
+        out.extend(p.detach().clone() for p in params)
+        reads.clear()
+    (ours_counts, *ours_values), (theirs_counts, *theirs_values) = ours, theirs
+    assert theirs_counts == [0] * 7
+    first = ours_counts[0]
+    assert first > 0 and ours_counts[:4] == [first] * 4  # read on the first step only
+    assert ours_counts[4] > first and ours_counts[4:] == [ours_counts[4]] * 3
+    for a, b in zip(ours_values, theirs_values, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_plan_holds_across_calls_of_the_same_parameters_in_any_order(monkeypatch):
