@@ -18,7 +18,7 @@ import pyro.optim
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
-from pyroopt import checkpoint
+from pyroopt import state_checks
 from pyroopt.engine import Bucket, PerParamBucket, freeze
 from pyroopt.optim import PyroOptim
 from pyroopt.param_args import ArgsSpec
@@ -242,7 +242,7 @@ class CohortSchedules(Schedules):
         return self.cls(target, **kwargs)
 
     def check_entry(self, name: Any, entry: Any, where: str) -> None:
-        checkpoint.check_scheduler_state(name, entry, where)
+        state_checks.check_scheduler_state(name, entry, where)
 
     def optimizer_state(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
         return entry["optimizer"]

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import pyro
 from torch import Tensor
 
-from pyroopt import checkpoint
+from pyroopt import state_checks
 from pyroopt._compat import moved_in_store
 from pyroopt.engine import Bucket, Group, bucket_key, full_group, make_bucket
 from pyroopt.params import ParamTable, Slot
@@ -58,7 +58,7 @@ class Schedules:
 
     def check_entry(self, name: Any, entry: Any, where: str) -> None:
         """Raise unless ``entry`` is a well-formed saved state of parameter ``name``."""
-        checkpoint.check_param_state(name, entry, where)
+        state_checks.check_param_state(name, entry, where)
 
     def optimizer_state(self, entry: Mapping[str, Any]) -> Mapping[str, Any]:
         """The optimizer's part of a saved entry."""

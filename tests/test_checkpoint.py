@@ -13,6 +13,7 @@ from programs import Program, fresh_store, run
 from test_optim import assert_same_trajectory
 
 import pyroopt
+from pyroopt import atomic_file
 
 #: each optimizer of the registry that steps every parameter of the default program,
 #: with the most options on that it allows (the most kinds of state)
@@ -126,7 +127,7 @@ def test_failed_save_keeps_the_old_file(tmp_path):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        pyroopt.checkpoint.save_atomic({"x": Unpicklable()}, path)
+        atomic_file.save_atomic({"x": Unpicklable()}, path)
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["optim.pt"]
 

@@ -17,9 +17,9 @@ import torch
 from programs import assert_same_optimizer_state, fresh_store, run
 
 import pyroopt
-from pyroopt import checkpoint
+from pyroopt import atomic_file, checkpoint
 
-STALE_AGE = getattr(checkpoint, "STALE_TEMP_AGE_S", 5.0) + 1
+STALE_AGE = getattr(atomic_file, "STALE_TEMP_AGE_S", 5.0) + 1
 
 
 def _saved_x(path):
@@ -33,7 +33,7 @@ def test_save_onto_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
     real.write_bytes(b"old")
     link = tmp_path / "optim.pt"
     link.symlink_to(real)
-    checkpoint.save_atomic({"x": torch.ones(2)}, link)
+    atomic_file.save_atomic({"x": torch.ones(2)}, link)
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert torch.equal(_saved_x(real), torch.ones(2))
     assert sorted(os.listdir(tmp_path)) == ["optim.pt", "real"]
@@ -51,7 +51,7 @@ def test_save_through_a_dangling_symlink_creates_its_target(tmp_path):
 def test_new_file_gets_open_s_mode_under_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
-        checkpoint.save_atomic({"x": torch.ones(2)}, tmp_path / "a.pt")
+        atomic_file.save_atomic({"x": torch.ones(2)}, tmp_path / "a.pt")
         with open(tmp_path / "b.pt", "wb"):
             pass
     finally:
@@ -61,7 +61,7 @@ def test_new_file_gets_open_s_mode_under_the_umask(tmp_path):
 
 
 def test_existing_file_keeps_its_mode_as_with_torch_save(tmp_path):
-    for module_save, name in [(torch.save, "torch.pt"), (checkpoint.save_atomic, "ours.pt")]:
+    for module_save, name in [(torch.save, "torch.pt"), (atomic_file.save_atomic, "ours.pt")]:
         path = tmp_path / name
         path.write_bytes(b"old")
         os.chmod(path, 0o604)
@@ -84,7 +84,7 @@ def _device(tmp_path, name, minor):
 
 def test_device_targets_are_written_in_place_not_replaced(tmp_path):
     null = _device(tmp_path, "null", 3)
-    checkpoint.save_atomic({"x": torch.ones(2)}, null)
+    atomic_file.save_atomic({"x": torch.ones(2)}, null)
     assert stat.S_ISCHR(os.stat(null).st_mode)
     assert os.listdir(tmp_path) == ["null"]
 
@@ -93,7 +93,7 @@ def test_device_targets_are_written_in_place_not_replaced(tmp_path):
 _SLOW_SAVE = textwrap.dedent(
     """
     import os, sys, time, torch
-    from pyroopt import checkpoint
+    from pyroopt import atomic_file
 
     real_fsync = os.fsync
     def fsync_then_hang(fd):
@@ -101,7 +101,7 @@ _SLOW_SAVE = textwrap.dedent(
         print("written", flush=True)
         time.sleep(600)
     os.fsync = fsync_then_hang
-    checkpoint.save_atomic({"x": torch.zeros(1000)}, sys.argv[1])
+    atomic_file.save_atomic({"x": torch.zeros(1000)}, sys.argv[1])
     """
 )
 
@@ -142,7 +142,7 @@ def test_next_save_removes_the_temp_file_of_a_killed_save(tmp_path):
         (tmp_path / name).write_bytes(b"keep")
     for name in [stale, *unrelated]:
         _backdate(tmp_path / name, STALE_AGE)
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert sorted(os.listdir(tmp_path)) == sorted(["optim.pt", *unrelated])
     assert torch.equal(_saved_x(path), torch.ones(2))
 
@@ -152,10 +152,10 @@ def test_a_fresh_temp_file_is_left_alone(tmp_path):
     path = tmp_path / "optim.pt"
     fresh = tmp_path / ".optim.pt.abcd1234.tmp"
     fresh.write_bytes(b"")
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert fresh.exists()
     _backdate(fresh, STALE_AGE)
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert not fresh.exists()
 
 
@@ -166,7 +166,7 @@ def test_a_concurrent_save_s_temp_file_is_left_alone(tmp_path):
     try:
         [theirs] = _temps(tmp_path)
         _backdate(tmp_path / theirs, 3600)  # old, but its save is alive and holds the lock
-        checkpoint.save_atomic({"x": torch.ones(2)}, path)
+        atomic_file.save_atomic({"x": torch.ones(2)}, path)
         assert _temps(tmp_path) == [theirs]
         assert torch.equal(_saved_x(path), torch.ones(2))
     finally:
@@ -200,9 +200,9 @@ def test_full_disk_names_the_target_and_the_cause(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self._f.close()
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    monkeypatch.setattr(atomic_file.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
     with pytest.raises(OSError, match="No space left on device") as info:
-        checkpoint.save_atomic({"x": torch.zeros(10000)}, path)
+        atomic_file.save_atomic({"x": torch.zeros(10000)}, path)
     assert info.value.errno == errno.ENOSPC
     assert str(path) in str(info.value) and "unexpected pos" not in str(info.value)
     assert path.read_bytes() == b"old"
@@ -215,7 +215,7 @@ def test_full_disk_at_fsync_names_the_target(tmp_path, monkeypatch):
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_file.os, "fsync", fsync)
     with pytest.raises(OSError, match=f"cannot save {path}: No space left on device"):
         pyroopt.Adam({"lr": 0.1}).save(path)
     assert os.listdir(tmp_path) == []
@@ -224,7 +224,7 @@ def test_full_disk_at_fsync_names_the_target(tmp_path, monkeypatch):
 def test_dev_full_names_the_target_and_the_cause(tmp_path):
     full = _device(tmp_path, "full", 7)
     with pytest.raises(OSError, match=f"cannot save {full}: No space left on device"):
-        checkpoint.save_atomic({"x": torch.zeros(100000)}, full)
+        atomic_file.save_atomic({"x": torch.zeros(100000)}, full)
     assert stat.S_ISCHR(os.stat(full).st_mode)
 
 
@@ -240,7 +240,7 @@ def test_full_tmpfs_leaves_the_old_file_and_no_temp_file(tmp_path):
         path = mnt / "optim.pt"
         path.write_bytes(b"old")
         with pytest.raises(OSError, match=f"cannot save {path}: No space left on device"):
-            checkpoint.save_atomic({"x": torch.zeros(100000)}, path)
+            atomic_file.save_atomic({"x": torch.zeros(100000)}, path)
         assert path.read_bytes() == b"old"
         assert os.listdir(mnt) == ["optim.pt"]
     finally:
@@ -258,9 +258,9 @@ def test_missing_folder_names_the_target(tmp_path):
 def test_folder_or_file_in_the_way_names_the_target(tmp_path):
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="a_file is not a folder"):
-        checkpoint.save_atomic({}, tmp_path / "a_file" / "optim.pt")
+        atomic_file.save_atomic({}, tmp_path / "a_file" / "optim.pt")
     with pytest.raises(IsADirectoryError, match=f"cannot save {tmp_path}: it is a folder"):
-        checkpoint.save_atomic({}, tmp_path)
+        atomic_file.save_atomic({}, tmp_path)
 
 
 def test_unwritable_folder_names_the_target(tmp_path, monkeypatch):
@@ -269,9 +269,9 @@ def test_unwritable_folder_names_the_target(tmp_path, monkeypatch):
     def mkstemp(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / ".x.tmp"))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(atomic_file.tempfile, "mkstemp", mkstemp)
     with pytest.raises(PermissionError, match=f"cannot save {path}: Permission denied") as info:
-        checkpoint.save_atomic({}, path)
+        atomic_file.save_atomic({}, path)
     assert ".tmp" not in str(info.value)
 
 
@@ -280,7 +280,7 @@ def test_read_only_folder_names_the_target(tmp_path):
     os.chmod(tmp_path, 0o500)
     try:
         with pytest.raises(PermissionError, match=f"cannot save {tmp_path / 'o.pt'}"):
-            checkpoint.save_atomic({}, tmp_path / "o.pt")
+            atomic_file.save_atomic({}, tmp_path / "o.pt")
     finally:
         os.chmod(tmp_path, 0o700)
 
@@ -292,7 +292,7 @@ def test_unpicklable_object_keeps_its_error_type_and_names_the_target(tmp_path):
 
     path = tmp_path / "optim.pt"
     with pytest.raises(RuntimeError, match=f"cannot save {path}: boom"):
-        checkpoint.save_atomic({"x": Unpicklable()}, path)
+        atomic_file.save_atomic({"x": Unpicklable()}, path)
     assert os.listdir(tmp_path) == []
 
 
@@ -446,7 +446,7 @@ def test_error_through_a_link_names_the_link_and_its_target(tmp_path):
     link = tmp_path / "optim.pt"
     link.symlink_to(tmp_path / "gone" / "real.pt")
     with pytest.raises(FileNotFoundError, match=f"cannot save {link} \\(a link to .*real.pt\\)"):
-        checkpoint.save_atomic({}, link)
+        atomic_file.save_atomic({}, link)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

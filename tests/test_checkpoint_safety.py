@@ -31,7 +31,7 @@ from test_lr_scheduler import CASES as SCHEDULE_CASES
 from test_lr_scheduler import run_schedule
 
 import pyroopt
-from pyroopt import checkpoint
+from pyroopt import atomic_file, checkpoint, state_checks
 
 PROGRAM_SHAPES = {"a": (3,), "w": (2, 3), "late": (4,)}
 
@@ -309,7 +309,7 @@ def test_every_state_pyro_optim_and_pyroopt_write_is_accepted(module, name, args
     optim = getattr(module, name)(args)
     run(lambda: optim, 4, Program(shapes=PROGRAM_SHAPES), optim=optim)
     for param_name, state in optim.get_state().items():
-        checkpoint.check_param_state(param_name, state)
+        state_checks.check_param_state(param_name, state)
 
 
 @pytest.mark.parametrize("module", [pyro.optim, pyroopt], ids=["pyro", "pyroopt"])
@@ -320,7 +320,7 @@ def test_every_schedule_state_is_accepted(module, name, cls, kwargs):
     fresh_store()
     sched, _ = run_schedule(module, name, cls, kwargs, epochs=4)
     for param_name, state in sched.get_state().items():
-        checkpoint.check_scheduler_state(param_name, state)
+        state_checks.check_scheduler_state(param_name, state)
 
 
 def test_states_of_other_forms_torch_loads_continue_as_pyro_optim(float32):
@@ -368,7 +368,7 @@ def test_save_onto_the_longest_names_works_as_pyro_optim_s(tmp_path, basename):
 _HANGING_SAVE = textwrap.dedent(
     """
     import os, sys, time, torch
-    from pyroopt import checkpoint
+    from pyroopt import atomic_file
 
     real_fsync = os.fsync
     def fsync_then_hang(fd):
@@ -376,7 +376,7 @@ _HANGING_SAVE = textwrap.dedent(
         print("written", flush=True)
         time.sleep(600)
     os.fsync = fsync_then_hang
-    checkpoint.save_atomic({"x": torch.zeros(10)}, sys.argv[1])
+    atomic_file.save_atomic({"x": torch.zeros(10)}, sys.argv[1])
     """
 )
 
@@ -406,10 +406,10 @@ def test_the_temp_file_of_a_killed_save_of_a_long_name_is_removed(tmp_path):
     # a stale temp file of another long name with the same start is not this target's
     other = tmp_path / (stale[:-21] + "00000000.abcdefgh.tmp")
     other.write_bytes(b"keep")
-    age = time.time() - checkpoint.STALE_TEMP_AGE_S - 1
+    age = time.time() - atomic_file.STALE_TEMP_AGE_S - 1
     for name in (stale, other.name):
         os.utime(tmp_path / name, (age, age))
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert sorted(os.listdir(tmp_path)) == sorted([path.name, other.name])
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
 
@@ -504,16 +504,16 @@ def test_root_saves_over_a_read_only_file_as_open_does(tmp_path):
     path = tmp_path / "optim.pt"
     path.write_bytes(b"old")
     os.chmod(path, 0o444)
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
     assert oct(os.stat(path).st_mode & 0o777) == "0o444"
 
 
 def test_a_hard_link_to_the_old_file_keeps_the_old_contents(tmp_path):
     path, link = tmp_path / "optim.pt", tmp_path / "backup.pt"
-    checkpoint.save_atomic({"x": torch.zeros(2)}, path)
+    atomic_file.save_atomic({"x": torch.zeros(2)}, path)
     os.link(path, link)
-    checkpoint.save_atomic({"x": torch.ones(2)}, path)
+    atomic_file.save_atomic({"x": torch.ones(2)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
     assert torch.equal(torch.load(link, weights_only=True)["x"], torch.zeros(2))
     assert os.stat(path).st_nlink == 1 and os.stat(link).st_nlink == 1

@@ -94,7 +94,7 @@ from typing import Any, cast
 import pyro
 import torch
 
-from pyroopt import checkpoint
+from pyroopt import atomic_file, checkpoint
 from pyroopt.distributed.reduce import DistributedPyroOptim
 from pyroopt.optim import PyroOptim
 
@@ -445,7 +445,7 @@ class ElasticState:
         """
         new = self._snapshot(self.generation + 1)
         if self.commit_file is not None and self._link.local_rank == 0:
-            checkpoint.save_atomic(new, self.commit_file)
+            atomic_file.save_atomic(new, self.commit_file)
         self._adopt(new)
 
     def commit(self) -> None:
