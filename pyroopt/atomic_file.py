@@ -176,7 +176,7 @@ def _describe(path: str, target: str) -> str:
     return f"{path} (a link to {target})" if os.path.islink(path) else path
 
 
-def _with_path(e: Exception, message: str) -> Exception:
+def with_path(e: Exception, message: str) -> Exception:
     """``e``'s type with ``message``, or ``e`` with ``message`` as a note where its type
     takes other arguments."""
     try:
@@ -196,7 +196,7 @@ def _save_error(e: Exception, recorded: OSError | None, path: str, target: str) 
         reason = cause.strerror or str(cause) or type(cause).__name__
         # OSError(errno, ...) makes the matching subclass (FileNotFoundError, ...)
         return OSError(cause.errno, f"cannot save {where}: {reason}")
-    return _with_path(e, f"cannot save {where}: {e}")
+    return with_path(e, f"cannot save {where}: {e}")
 
 
 def _check_folder(path: str, target: str, folder: str) -> None:

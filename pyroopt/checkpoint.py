@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from pyroopt import _compat
-from pyroopt.atomic_file import _with_path, save_atomic
-from pyroopt.state_checks import _check_entry_shapes
+from pyroopt.atomic_file import save_atomic, with_path
+from pyroopt.state_checks import check_entry_shapes
 
 #: Key of the entry that records what wrote a file; pyro.optim ignores it (it waits
 #: forever for a parameter of that name), so files stay interchangeable.
@@ -136,7 +136,7 @@ def _read(path: str, map_location: Any, weights_only: bool, what: str) -> Any:
     except Exception as e:  # torch.load fails on bad bytes in many ways; name the file
         if isinstance(map_location, _RecordingMapLocation) and map_location.error is not None:
             cause = map_location.error
-            error = _with_path(cause, f"cannot load {path}: map_location raised {cause!r}")
+            error = with_path(cause, f"cannot load {path}: map_location raised {cause!r}")
             if error is cause:
                 raise
             raise error from cause
@@ -402,7 +402,7 @@ def load_training(
         if param is None:  # the store's parameter of that name stays
             param = store_before["params"].get(name)
         if param is not None:
-            _check_entry_shapes(path, name, param_state, param)
+            check_entry_shapes(path, name, param_state, param)
 
     rng_before = rng_state()
     try:
@@ -420,7 +420,7 @@ def load_training(
         set_rng_state(rng_before)
         if not isinstance(e, Exception) or path in str(e):
             raise
-        error = _with_path(e, f"{path}: {e}")
+        error = with_path(e, f"{path}: {e}")
         if error is e:
             raise
         raise error from e

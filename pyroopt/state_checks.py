@@ -6,7 +6,7 @@ saved under a learning-rate schedule (``{"scheduler": ..., "optimizer": ...}``):
 layout, the hyperparameters whose meaning every torch and pyro optimizer taking them
 shares (``lr``, ``betas``, ``eps``, ...) and the kind of the state entries whose kind is
 known (``step``, parameter-shaped tensors). For a training checkpoint,
-:func:`_check_entry_shapes` checks those tensors' shapes against the parameter.
+:func:`check_entry_shapes` checks those tensors' shapes against the parameter.
 
 A value of the wrong kind raises ``TypeError``, one out of range ``ValueError``, naming
 where the state came from, the parameter, the key, the value and what is allowed. The
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 
-def _check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: Any) -> None:
+def check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: Any) -> None:
     """Raise ``ValueError`` unless ``entry``'s parameter-shaped tensors fit ``param``."""
     from pyroopt.engine import PARAM_SHAPED_STATE
 

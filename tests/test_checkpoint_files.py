@@ -19,7 +19,7 @@ from programs import assert_same_optimizer_state, fresh_store, run
 import pyroopt
 from pyroopt import atomic_file, checkpoint
 
-STALE_AGE = getattr(atomic_file, "STALE_TEMP_AGE_S", 5.0) + 1
+STALE_AGE = atomic_file.STALE_TEMP_AGE_S + 1
 
 
 def _saved_x(path):
