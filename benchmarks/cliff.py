@@ -14,7 +14,7 @@ Two tables:
   holds tensors as large as the optimizer's state, with no optimizer. Goal: pyroopt at
   most pyro.optim's peak and within 5% of the minimum plus pyroopt's bounded scratch
   (the flat gradient buffer of a bucket of small parameters, at most
-  ``engine.FLAT_MAX_NUMEL`` elements).
+  ``rule_bucket.FLAT_MAX_NUMEL`` elements).
 
 ``python -m benchmarks.cliff [--quick]`` prints both.
 """
@@ -37,7 +37,7 @@ import pyro.optim
 import torch
 
 import pyroopt
-from pyroopt import engine
+from pyroopt import rule_bucket
 
 #: the peak-memory shapes: (parameters, elements each)
 PEAK_SHAPES = ((1000, 10), (80, 1_000_000), (4, 20_000_000))
@@ -217,7 +217,7 @@ def peak_rows(shapes=PEAK_SHAPES, rules=PEAK_RULES) -> list[dict[str, object]]:
     for n, size in shapes:
         for rule in rules:
             peaks = {c: peak_mb(c, n, size, rule) for c in ("minimum", "pyro.optim", "pyroopt")}
-            scratch = 4 * n * size / 2**20 if n * size <= engine.FLAT_MAX_NUMEL else 0.0
+            scratch = 4 * n * size / 2**20 if n * size <= rule_bucket.FLAT_MAX_NUMEL else 0.0
             bound = (peaks["minimum"] + scratch) * 1.05
             rows.append(
                 {

@@ -19,11 +19,13 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from pyroopt import state_checks
-from pyroopt.engine import Bucket, PerParamBucket, freeze
+from pyroopt.bucket import Bucket
+from pyroopt.engine import freeze
 from pyroopt.optim import PyroOptim
 from pyroopt.param_args import ArgsSpec
 from pyroopt.params import Slot
 from pyroopt.placement import Schedules
+from pyroopt.torch_bucket import PerParamBucket
 from pyroopt.views import ParamSchedulerView
 
 #: Schedulers built from child schedules rather than wrapping an optimizer directly.

@@ -2,7 +2,7 @@
 
 A call goes down three layers: :mod:`pyroopt.placement` plans which buckets step which
 parameters (taking in new ones), :mod:`pyroopt.clip` clips the gradients, and each
-bucket (:mod:`pyroopt.engine`) checks its inputs and then steps, as
+bucket (:mod:`pyroopt.bucket`) checks its inputs and then steps, as
 :mod:`pyroopt.dispatch` chose to step it. Every bucket checks before any clips or
 steps, so a refused call changes nothing.
 """
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from pyroopt import checkpoint
+from pyroopt.bucket import SparseGradients
 from pyroopt.clip import all_finite, clip_step_
-from pyroopt.engine import SparseGradients
 from pyroopt.param_args import ArgsSpec, ClipArgs, PerParamArgs
 from pyroopt.params import Slot
 from pyroopt.placement import Placement, Schedules

@@ -42,7 +42,8 @@ from torch import Tensor
 
 from pyroopt import state_checks
 from pyroopt._compat import moved_in_store
-from pyroopt.engine import Bucket, Group, bucket_key, full_group, make_bucket
+from pyroopt.bucket import Bucket, Group
+from pyroopt.engine import bucket_key, full_group, make_bucket
 from pyroopt.params import ParamTable, Slot
 
 

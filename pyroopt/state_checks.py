@@ -36,7 +36,7 @@ import torch
 
 def check_entry_shapes(path: str, name: str, entry: Mapping[str, Any], param: Any) -> None:
     """Raise ``ValueError`` unless ``entry``'s parameter-shaped tensors fit ``param``."""
-    from pyroopt.engine import PARAM_SHAPED_STATE
+    from pyroopt.bucket import PARAM_SHAPED_STATE
 
     inner = entry["optimizer"] if "scheduler" in entry and "optimizer" in entry else entry
     per_param = inner.get("state") if isinstance(inner, Mapping) else None
@@ -363,7 +363,7 @@ _HYPERPARAMETERS: dict[str, _Check] = {
 @functools.cache
 def _state_entries() -> dict[str, _Check]:
     """Per-parameter state entries whose kind is known: parameter-shaped tensors and steps."""
-    from pyroopt.engine import PARAM_SHAPED_STATE  # engine imports much; this module little
+    from pyroopt.bucket import PARAM_SHAPED_STATE  # bucket imports much; this module little
 
     entries: dict[str, _Check] = dict.fromkeys(PARAM_SHAPED_STATE, _tensor())
     # torch's SGD before 2.0 saved None for a buffer not yet made, and loads it still

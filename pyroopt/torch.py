@@ -87,16 +87,12 @@ from torch.optim import Optimizer
 
 from pyroopt import optimizers as _optimizers
 from pyroopt._compat import get_scalar_dtype
-from pyroopt.engine import (
-    IMPLEMENTATION_ARGS,
-    Bucket,
-    RuleBucket,
-    SparseGradients,
-    TorchBucket,
-    make_bucket,
-    one_param_state,
-)
+from pyroopt.bucket import Bucket, SparseGradients, one_param_state
+from pyroopt.engine import make_bucket
+from pyroopt.kernels import IMPLEMENTATION_ARGS
 from pyroopt.registry import group_rule, rule_for
+from pyroopt.rule_bucket import RuleBucket
+from pyroopt.torch_bucket import TorchBucket
 
 __all__ = [
     "SGD",
@@ -203,7 +199,7 @@ class _GroupPlan:
             if copy is not None:
                 copy.clear()
                 copy.update(_hyper(group))
-            if isinstance(bucket, RuleBucket):  # small ones step on one thread: see the engine
+            if isinstance(bucket, RuleBucket):  # small ones step on one thread: see rule_bucket
                 try:
                     bucket.step(bucket.params)
                 except SparseGradients:  # raised before the bucket changed anything
@@ -418,7 +414,7 @@ class _EngineState(dict[Any, Any]):
 
 class _TorchMirror:
     """Keeps ``optimizer.state[p]`` the very dict that the torch optimizer of a
-    :class:`~pyroopt.engine.TorchBucket` keeps for ``p``."""
+    :class:`~pyroopt.torch_bucket.TorchBucket` keeps for ``p``."""
 
     def __init__(self, state: _EngineState, bucket: TorchBucket) -> None:
         assert bucket.optimizer is not None
@@ -461,7 +457,7 @@ class _TorchMirror:
 
 
 class _RuleMirror:
-    """Keeps ``optimizer.state[p]`` of each parameter of a :class:`~pyroopt.engine.RuleBucket`
+    """Keeps ``optimizer.state[p]`` of each parameter of a :class:`~pyroopt.rule_bucket.RuleBucket`
     a dict of the bucket's own tensors.
 
     The state tensors are views of the bucket's flat buffers (or, before its first step,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from pyroopt.engine import Bucket
+from pyroopt.bucket import Bucket
 from pyroopt.params import Slot
 
 if TYPE_CHECKING:

@@ -11,9 +11,10 @@ from pyro.optim.adagrad_rmsprop import AdagradRMSProp as PyroAdagradRMSProp
 from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
 from torch.testing import assert_close
 
-from pyroopt import engine, optimizers
-from pyroopt.engine import RuleBucket, full_group
+from pyroopt import optimizers, rule_bucket
+from pyroopt.engine import full_group
 from pyroopt.registry import RULES
+from pyroopt.rule_bucket import RuleBucket
 
 
 @pytest.fixture(params=["native", "chain"])
@@ -177,9 +178,9 @@ def run_pair(cls, args, *, mixed, dtype=torch.float64, steps=24):
 @pytest.mark.parametrize("layout", ["flat", "per-tensor", "pieces"])
 @pytest.mark.parametrize("mixed", [False, True], ids=["uniform", "mixed-steps"])
 def test_rule_matches_torch(monkeypatch, cls, args, layout, implementation, dtype, mixed):
-    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
+    monkeypatch.setattr(rule_bucket, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
     if layout == "pieces":  # cut (2, 4) parameters into slices, batch the small ones
-        monkeypatch.setattr(engine, "CHAIN_PIECE_NUMEL", 3)
+        monkeypatch.setattr(rule_bucket, "CHAIN_PIECE_NUMEL", 3)
     for step, ours, theirs, given in run_pair(cls, args, mixed=mixed, dtype=dtype):
         for name in SHAPES:
             assert torch.equal(ours[name], theirs[name]), (
@@ -196,7 +197,7 @@ def test_rprop_with_infinite_and_nan_gradients_moves_parameters_as_torch(
     monkeypatch, layout, implementation
 ):
     """Rprop reads only signs: torch survives an infinite gradient. So does the rule."""
-    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
+    monkeypatch.setattr(rule_bucket, "FLAT_MAX_AVG_NUMEL", 1 << 30 if layout == "flat" else 0)
     fused = implementation == "native"
     inf, nan = float("inf"), float("nan")
     grads = [

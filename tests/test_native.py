@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pyroopt
-from pyroopt import engine, native
+from pyroopt import native, rule_bucket
 from pyroopt.kernels.base import Batch
 from pyroopt.native import _entry
 from pyroopt.native import rprop as native_rprop
@@ -140,7 +140,7 @@ def test_written_tensors_are_marked_modified_for_autograd():
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tensor"])
 def test_autograd_refuses_a_graph_that_saved_a_parameter_rprop_then_changed(monkeypatch, flat):
     """As with torch.optim.Rprop: backward through stale saved values raises."""
-    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
+    monkeypatch.setattr(rule_bucket, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
     pyro.clear_param_store()
     param = torch.randn(5, requires_grad=True)
     optim = pyroopt.Rprop({"lr": 0.1})

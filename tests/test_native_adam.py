@@ -12,7 +12,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam as PyroClippedAdam
 
 import pyroopt
-from pyroopt import engine, native
+from pyroopt import native, rule_bucket
 from pyroopt.kernels.adam import ADAM
 from pyroopt.kernels.base import Batch
 from pyroopt.kernels.clipped_adam import ClippedAdamRule
@@ -331,7 +331,7 @@ def test_adam_never_writes_gradients_and_marks_what_it_writes():
     ids=["Adam", "ClippedAdam"],
 )
 def test_autograd_refuses_a_graph_that_saved_a_parameter_then_changed(monkeypatch, flat, make):
-    monkeypatch.setattr(engine, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
+    monkeypatch.setattr(rule_bucket, "FLAT_MAX_AVG_NUMEL", 1 << 30 if flat else 0)
     calls = []
     for name in ("adam_update", "clipped_adam_update"):
         real = getattr(native_adam, name)

@@ -15,7 +15,8 @@ from torch.testing import assert_close
 
 import pyroopt
 import pyroopt.optimizers
-from pyroopt.engine import PerParamBucket, RuleBucket, TorchBucket
+from pyroopt.rule_bucket import RuleBucket
+from pyroopt.torch_bucket import PerParamBucket, TorchBucket
 
 #: sizes that put elements on every vector-body, tail and thread boundary
 BOUNDARY_SHAPES = {

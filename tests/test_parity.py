@@ -23,8 +23,8 @@ import torch
 from registry import BY_NAME, INFOS, NATIVE, OptimizerInfo
 
 from pyroopt import dispatch
-from pyroopt.engine import RuleBucket
 from pyroopt.native import selfcheck
+from pyroopt.rule_bucket import RuleBucket
 
 #: name -> (shape, first step it is passed): vector-width boundaries, a scalar, matrices,
 #: an empty one; the last four join late

@@ -181,8 +181,9 @@ RULE_ARGS = [
 
 @pytest.mark.parametrize("name,args", RULE_ARGS, ids=[n for n, _ in RULE_ARGS])
 def test_hyperparameters_read_without_an_optimizer_are_its_groups(name, args):
-    from pyroopt.engine import full_group, hyperparameters
+    from pyroopt.engine import full_group
     from pyroopt.registry import RULES
+    from pyroopt.torch_bucket import hyperparameters
 
     p = torch.zeros(3, requires_grad=True)
     classes = [c for c in RULES if c.__name__ == name]

@@ -11,10 +11,11 @@ from torch.distributions import constraints
 from torch.testing import assert_close
 
 import pyroopt
-from pyroopt.engine import RuleBucket, full_group
+from pyroopt.engine import full_group
 from pyroopt.native import _entry
 from pyroopt.placement import Placement
 from pyroopt.registry import RULES
+from pyroopt.rule_bucket import RuleBucket
 from pyroopt.seating import FlatValues, _storage_users
 
 NAMES = ("a", "b", "c")

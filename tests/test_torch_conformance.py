@@ -30,7 +30,7 @@ from torch.testing._internal.common_optimizers import (
     optim_db,
 )
 
-import pyroopt.engine
+import pyroopt.bucket
 import pyroopt.torch as pt
 from pyroopt.optimizers import SparseGradientError
 
@@ -486,7 +486,7 @@ def test_clipped_adam_takes_a_tensor_lr_as_pyros_class_does():
 
 def test_no_internal_exception_type_is_public():
     """The engine's signal for sparse gradients is caught where it is raised."""
-    assert pyroopt.engine.SparseGradients.__module__ == "pyroopt.engine"
+    assert pyroopt.bucket.SparseGradients.__module__ == "pyroopt.bucket"
     p = Parameter(torch.ones(2))
     p.grad = torch.ones(2).to_sparse()
     for cls in (pt.SGD, pt.Adagrad):

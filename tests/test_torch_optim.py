@@ -260,9 +260,9 @@ def test_signatures_are_torchs():
 
 
 def test_import_torch_is_real_torch():
-    import pyroopt.engine
+    import pyroopt.rule_bucket
 
-    assert pyroopt.engine.torch is torch
+    assert pyroopt.rule_bucket.torch is torch
     assert torch.__file__ != pt.__file__
 
 
@@ -480,7 +480,7 @@ def test_named_parameters_and_round_trip(impl):
 
 
 def test_small_buckets_step_on_one_thread_and_restore_the_count(monkeypatch):
-    from pyroopt.engine import RuleBucket
+    from pyroopt.rule_bucket import RuleBucket
 
     threads = torch.get_num_threads()
     during = []
