@@ -52,8 +52,6 @@ from pyroopt.optimizers import SparseGradientError
 from pyroopt.seating import FlatValues
 from pyroopt.serial import SerialIfSmall
 
-_IS_SPARSE = operator.attrgetter("is_sparse")
-
 #: Up to this many elements per parameter on average, a bucket gathers its gradients
 #: into one flat buffer (a few ``torch.cat``) and runs the update there; larger
 #: parameters are updated in place, where the copies would cost more than the
