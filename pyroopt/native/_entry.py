@@ -191,8 +191,8 @@ def run_loop(
     function(spec.pack(fields))
     grads = tensors["grads"]
     written = lists if writes_grads else [ts for ts in lists if ts is not grads]
-    # Tuples are an engine's own views of its flat buffers, which no graph saves (the
-    # engine bumps its parameters' versions itself); every other tensor is marked.
+    # Tuples are an engine's own flat buffers or views of them, which no graph saves
+    # (the engine bumps its parameters' versions itself); every other tensor is marked.
     marked = [t for ts in written if not isinstance(ts, tuple) for t in ts]
     if marked:
         mark_modified(marked)
@@ -212,8 +212,8 @@ def _prepared(
 
     Lists are checked (:func:`numels_if_runs`) and read on every call. Tuples are
     checked and read once and then served from a cache: an engine that steps the same
-    fixed views of its flat buffers every step (a tuple cannot change, and a view of
-    the engine's own buffer keeps its memory) pays nothing per tensor for them.
+    flat buffers, or fixed views of them, every step (a tuple cannot change, and the
+    engine's own buffers keep their memory) pays nothing per tensor for them.
     """
     frozen = all(isinstance(ts, tuple) for ts in lists)
     if frozen:
